@@ -1,0 +1,29 @@
+"""hf_dynasr: one CTC Conformer supernet, many deployable sizes, as ordinary Transformers checkpoints.
+
+Importing the package registers `DynaSRConfig` with `AutoConfig` and `DynaSRForCTC` with
+`AutoModelForCTC`, so `AutoModelForCTC.from_pretrained(path, subnet="40M")` and
+`pipeline("automatic-speech-recognition", model=path)` work on hf_dynasr checkpoints.
+"""
+
+from transformers import AutoConfig, AutoModelForCTC
+
+from .components import Component, ComponentIndex
+from .configuration_dynasr import DynaSRConfig
+from .modeling_dynasr import DynaSRForCTC, DynaSRModel, DynaSRPreTrainedModel
+from .processing import build_feature_extractor, build_processor, build_tokenizer
+
+AutoConfig.register("dynasr", DynaSRConfig, exist_ok=True)
+AutoModelForCTC.register(DynaSRConfig, DynaSRForCTC, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = [
+    "Component",
+    "ComponentIndex",
+    "DynaSRConfig",
+    "DynaSRForCTC",
+    "DynaSRModel",
+    "DynaSRPreTrainedModel",
+    "build_feature_extractor",
+    "build_processor",
+    "build_tokenizer",
+]

@@ -1,0 +1,240 @@
+"""DynaSRConfig: a CTC Conformer supernet with an architecture spec and named, nested subnets.
+
+The config is the single source of truth for the model's shape: ``architecture_spec`` gives, per
+block, the size of each module (0 = absent), so the supernet, every extracted size and every
+DMAO-reshaped model are all loaded by one class without shape surprises.
+"""
+
+from __future__ import annotations
+
+import re
+
+from transformers import PretrainedConfig
+
+from .components import MODULE_NAMES, count_components
+
+SUBNETS_SCHEMA_VERSION = 1
+BLOCK_TYPES = ("conformer",)
+FRONTEND_TYPES = ("vgg4x", "conv2d4x")
+GRANULARITIES = ("module", "component")
+CONV_GRANULARITIES = ("module", "chunk")
+CRITERIA = ("params", "flops", "manual")
+_SUBNET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class DynaSRConfig(PretrainedConfig):
+    r"""Configuration of [`DynaSRForCTC`]. Defaults follow the LibriSpeech model of the RWTH papers
+    (12 Conformer blocks, d=512, 8 heads of 64, FFN 2048, conv kernel 31, VGG 4x frontend, dropout 0.1).
+
+    Args:
+        vocab_size (`int`, defaults to 30): CTC output labels, blank (= `pad_token_id`) included.
+        num_mel_bins (`int`, defaults to 80): log-mel features per input frame (10 ms hop).
+        hidden_size (`int`, defaults to 512): model dimension d.
+        num_hidden_layers (`int`, defaults to 12): Conformer blocks.
+        num_attention_heads (`int`, defaults to 8): nominal heads per block; must divide `hidden_size`
+            and fixes the head size `hidden_size // num_attention_heads`.
+        intermediate_size (`int`, defaults to 2048): nominal FFN hidden units.
+        conv_channels (`int`, *optional*): nominal channels of the conv module; `None` = `hidden_size`.
+        conv_kernel_size (`int`, defaults to 31): depthwise conv kernel (odd).
+        block_type (`str`, defaults to `"conformer"`): one of `"conformer"`.
+        frontend_type (`str`, defaults to `"vgg4x"`): `"vgg4x"` (the papers' VGG 4-layer frontend, 4x time
+            subsampling) or `"conv2d4x"` (two strided convs, the second depthwise-separable; much cheaper
+            on CPU). Both give `frames // 4` output frames.
+        frontend_channels (`int`, defaults to 64): channels of the `"conv2d4x"` frontend.
+        hidden_dropout (`float`, defaults to 0.1): dropout on every residual branch output.
+        activation_dropout (`float`, defaults to 0.1): dropout inside the FFN, after the activation.
+        attention_dropout (`float`, defaults to 0.1): dropout on attention weights.
+        final_dropout (`float`, defaults to 0.0): dropout before the CTC output layers.
+        layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
+        architecture_spec (`list[dict]`, *optional*): per block `{"ffn1": units, "mhsa": heads, "conv":
+            channels, "ffn2": units}`; 0 removes the module. `None` = uniform nominal sizes. FFN sizes must
+            be multiples of `ffn_chunk_size`, conv sizes multiples of `conv_chunk_size`.
+        ffn_chunk_size (`int`, *optional*): FFN hidden units per component; `None` = `intermediate_size // 4`.
+        conv_chunk_size (`int`, *optional*): conv channels per chunk; `None` = `conv_channels // 4`. The conv
+            module's LayerNorm normalises each chunk separately, so removing a chunk does not change the
+            others (a departure from the single LayerNorm of the papers, needed for exact extraction).
+        granularity (`str`, defaults to `"component"`): unit of selection. `"module"`: 4 components per block
+            (FFN1, MHSA, Conv, FFN2, paper 1). `"component"`: FFN chunks, single heads and conv as one
+            component or chunks (paper 2 / paper 3).
+        conv_granularity (`str`, defaults to `"module"`): with `granularity="component"`, the conv module is
+            one component (`"module"`, paper 2) or `conv_channels / conv_chunk_size` chunks (`"chunk"`, DMAO).
+        subnets (`dict`, *optional*): named sizes, `name -> {"components": [ids] or None, "criterion":
+            "params" | "flops" | "manual", "target": float | None, "num_parameters": int, "flops": int}`.
+            Component ids index the component index of this config. Subnets of a supernet are nested.
+        subnets_schema_version (`int`, defaults to 1): version of the `subnets` schema.
+        active_subnet (`str`, *optional*): the size the model runs (`None` = whole supernet). Also
+            reachable as the keyword `subnet`, e.g. `from_pretrained(path, subnet="40M")`.
+        reference_duration_s (`float`, defaults to 10.0): audio length at which FLOPs are reported.
+        sampling_rate (`int`, defaults to 16000) and hop_length (`int`, defaults to 160): feature framing;
+            `inputs_to_logits_ratio = hop_length * 4` samples per output frame.
+        apply_spec_augment (`bool`, defaults to `False`): SpecAugment in training mode with the papers' values
+            below (time masks of at most `mask_time_max_width` frames, one per `mask_time_per_frames` frames and
+            at least `mask_time_min_masks`; `mask_feature_num_masks` frequency masks of at most
+            `mask_feature_max_width` bins).
+        ctc_loss_reduction (`str`, defaults to `"mean"`): `"mean"` or `"sum"` over the batch (mean divides each
+            utterance's loss by its label length, as `torch.nn.CTCLoss`).
+        ctc_zero_infinity (`bool`, defaults to `True`): zero infinite CTC losses (infeasible alignments).
+        pad_token_id (`int`, defaults to 0): padding id, also the CTC blank.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear layers.
+    """
+
+    model_type = "dynasr"
+    attribute_map = {"subnet": "active_subnet"}
+
+    vocab_size: int = 30
+    num_mel_bins: int = 80
+    hidden_size: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    conv_channels: int | None = None
+    conv_kernel_size: int = 31
+    block_type: str = "conformer"
+    frontend_type: str = "vgg4x"
+    frontend_channels: int = 64
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    final_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    architecture_spec: list | None = None
+    ffn_chunk_size: int | None = None
+    conv_chunk_size: int | None = None
+    granularity: str = "component"
+    conv_granularity: str = "module"
+    subnets: dict | None = None
+    subnets_schema_version: int = SUBNETS_SCHEMA_VERSION
+    active_subnet: str | None = None
+    reference_duration_s: float = 10.0
+    sampling_rate: int = 16000
+    hop_length: int = 160
+    apply_spec_augment: bool = False
+    mask_time_max_width: int = 20
+    mask_time_per_frames: int = 25
+    mask_time_min_masks: int = 2
+    mask_feature_max_width: int = 8
+    mask_feature_num_masks: int = 5
+    ctc_loss_reduction: str = "mean"
+    ctc_zero_infinity: bool = True
+    pad_token_id: int | None = 0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.conv_channels is None:
+            self.conv_channels = self.hidden_size
+        if self.ffn_chunk_size is None:
+            self.ffn_chunk_size = max(1, self.intermediate_size // 4)
+        if self.conv_chunk_size is None:
+            self.conv_chunk_size = max(1, self.conv_channels // 4)
+        if self.architecture_spec is None:
+            nominal = {
+                "ffn1": self.intermediate_size,
+                "mhsa": self.num_attention_heads,
+                "conv": self.conv_channels,
+                "ffn2": self.intermediate_size,
+            }
+            self.architecture_spec = [dict(nominal) for _ in range(self.num_hidden_layers)]
+        else:
+            self.architecture_spec = [dict(block) for block in self.architecture_spec]
+        self.subnets = {name: dict(entry) for name, entry in (self.subnets or {}).items()}
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    # --- derived values -------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def subsampling_factor(self) -> int:
+        return 4
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Audio samples per output frame; the ASR pipeline uses it for chunking and timestamps."""
+        return self.hop_length * self.subsampling_factor
+
+    @property
+    def num_components(self) -> int:
+        return count_components(self)
+
+    # --- validation -------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        _choice("block_type", self.block_type, BLOCK_TYPES)
+        _choice("frontend_type", self.frontend_type, FRONTEND_TYPES)
+        _choice("granularity", self.granularity, GRANULARITIES)
+        _choice("conv_granularity", self.conv_granularity, CONV_GRANULARITIES)
+        _choice("ctc_loss_reduction", self.ctc_loss_reduction, ("mean", "sum"))
+        for name in ("vocab_size", "num_mel_bins", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "conv_channels", "ffn_chunk_size", "conv_chunk_size", "frontend_channels",
+                     "sampling_rate", "hop_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}; "
+                f"choose heads from the divisors of {self.hidden_size}, e.g. "
+                f"{[h for h in range(1, 17) if self.hidden_size % h == 0]}"
+            )
+        if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size must be odd and positive; got {self.conv_kernel_size}")
+        for name in ("hidden_dropout", "activation_dropout", "attention_dropout", "final_dropout"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
+        if self.pad_token_id is None or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id (the CTC blank) must be in [0, {self.vocab_size}); got {self.pad_token_id}")
+        self._validate_spec()
+        self._validate_subnets()
+
+    def _validate_spec(self) -> None:
+        spec = self.architecture_spec
+        if len(spec) != self.num_hidden_layers:
+            raise ValueError(
+                f"architecture_spec has {len(spec)} blocks but num_hidden_layers={self.num_hidden_layers}; "
+                "give one {'ffn1', 'mhsa', 'conv', 'ffn2'} entry per block"
+            )
+        multiples = {"ffn1": self.ffn_chunk_size, "ffn2": self.ffn_chunk_size, "conv": self.conv_chunk_size, "mhsa": 1}
+        for b, block in enumerate(spec):
+            if not isinstance(block, dict) or set(block) != set(MODULE_NAMES):
+                got = sorted(block) if isinstance(block, dict) else type(block).__name__
+                raise ValueError(f"architecture_spec[{b}] must have exactly the keys {list(MODULE_NAMES)}; got {got}")
+            for module, size in block.items():
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise ValueError(f"architecture_spec[{b}]['{module}'] must be an integer >= 0; got {size!r}")
+                if size % multiples[module]:
+                    raise ValueError(
+                        f"architecture_spec[{b}]['{module}']={size} is not a multiple of its chunk size "
+                        f"{multiples[module]} ({'ffn_chunk_size' if module != 'conv' else 'conv_chunk_size'})"
+                    )
+
+    def _validate_subnets(self) -> None:
+        if self.subnets_schema_version != SUBNETS_SCHEMA_VERSION:
+            raise ValueError(
+                f"subnets_schema_version {self.subnets_schema_version} is not supported; this hf_dynasr reads "
+                f"version {SUBNETS_SCHEMA_VERSION}. Upgrade hf_dynasr to load this checkpoint."
+            )
+        num = count_components(self)
+        for name, entry in self.subnets.items():
+            if not isinstance(name, str) or not _SUBNET_NAME.match(name):
+                raise ValueError(f"subnet name {name!r} must match [A-Za-z0-9_-]+ (it names a CTC head)")
+            if not isinstance(entry, dict):
+                raise ValueError(f"subnets['{name}'] must be a dict; got {type(entry).__name__}")
+            if entry.get("criterion") is not None:
+                _choice(f"subnets['{name}']['criterion']", entry["criterion"], CRITERIA)
+            ids = entry.get("components")
+            if ids is None:
+                continue
+            bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num]
+            if bad:
+                raise ValueError(
+                    f"subnets['{name}'] names components {bad[:10]} that do not exist; this architecture has "
+                    f"{num} components (ids 0..{num - 1}) at granularity '{self.granularity}'"
+                )
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"subnets['{name}'] lists a component twice")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")

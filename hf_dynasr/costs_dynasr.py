@@ -1,0 +1,120 @@
+"""Sizes in parameters and FLOPs: per component, per subnet and in total.
+
+Parameters are counted exactly on a model built on the meta device (no memory, no init). FLOPs are
+measured with `torch.utils.flop_counter` (matmuls, convolutions and attention; elementwise ops are not
+counted) on meta tensors at the config's reference duration, batch 1, eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .components import ComponentIndex, component_params
+from .conformer_dynasr import MODULE_CLASSES, ModuleRoute
+
+
+@dataclass(frozen=True)
+class ComponentCosts:
+    """Costs of a model with one CTC head: `total == rest + sum(per component)` for params and FLOPs."""
+
+    params: tuple[int, ...]
+    flops: tuple[int, ...]
+    total_params: int
+    total_flops: int
+
+    @property
+    def rest_params(self) -> int:
+        return self.total_params - sum(self.params)
+
+    @property
+    def rest_flops(self) -> int:
+        return self.total_flops - sum(self.flops)
+
+    def of(self, criterion: str) -> tuple[tuple[int, ...], int]:
+        """(per-component costs, total) for criterion "params" or "flops"."""
+        if criterion == "params":
+            return self.params, self.total_params
+        if criterion == "flops":
+            return self.flops, self.total_flops
+        raise ValueError(f"unknown cost criterion {criterion!r}; allowed: params, flops")
+
+
+def single_head_config(config):
+    """The config of the deployable model: same spec, no extra subnet heads."""
+    out = copy.deepcopy(config)
+    out.subnets = {}
+    out.active_subnet = None
+    return out
+
+
+def count_parameters(config) -> int:
+    """Exact parameter count of a one-head model with this config (built on the meta device)."""
+    from .modeling_dynasr import DynaSRForCTC
+
+    with torch.device("meta"):
+        model = DynaSRForCTC(single_head_config(config))
+    return sum(p.numel() for p in model.parameters())
+
+
+def _reference_frames(config) -> int:
+    return int(round(config.reference_duration_s * config.sampling_rate / config.hop_length))
+
+
+def measure_flops(config) -> int:
+    """Forward FLOPs of a one-head model at the reference duration (batch 1)."""
+    from .modeling_dynasr import DynaSRForCTC
+
+    with torch.device("meta"):
+        model = DynaSRForCTC(single_head_config(config)).eval()
+        features = torch.zeros(1, _reference_frames(config), config.num_mel_bins)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_features=features)
+    return int(counter.get_total_flops())
+
+
+@lru_cache(maxsize=256)
+def _module_flops(module: str, size: int, frames: int, config_key) -> int:
+    config = config_key.config
+    with torch.device("meta"):
+        layer = MODULE_CLASSES[module](config, size).eval()
+        hidden = torch.zeros(1, frames, config.hidden_size)
+        mask = torch.ones(1, frames, dtype=torch.bool)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        layer(hidden, mask, ModuleRoute())
+    return int(counter.get_total_flops())
+
+
+class _Key:
+    """Hashable view of the config fields that change a module's FLOPs."""
+
+    def __init__(self, config):
+        self.config = config
+        self.key = (config.hidden_size, config.num_attention_heads, config.conv_kernel_size, config.conv_chunk_size)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return self.key == other.key
+
+
+def component_costs(config, index: ComponentIndex | None = None) -> ComponentCosts:
+    """Per-component parameters (exact) and FLOPs at the reference duration.
+
+    A module's counted FLOPs are linear in its units (matmuls, depthwise conv, attention per head), so a
+    component's FLOPs are its share of units times its module's measured FLOPs."""
+    index = index or ComponentIndex(config)
+    frames = _reference_frames(config) // 4
+    key = _Key(config)
+    params, flops = [], []
+    for comp in index:
+        size = config.architecture_spec[comp.block][comp.module]
+        params.append(component_params(config, comp))
+        module_flops = _module_flops(comp.module, size, frames, key)
+        flops.append(module_flops * (comp.stop - comp.start) // size)
+    return ComponentCosts(tuple(params), tuple(flops), count_parameters(config), measure_flops(config))

@@ -1,0 +1,79 @@
+"""Frontends: log-mel frames [B, T, F] -> encoder input [B, T // 4, d] (4x time subsampling).
+
+Padded frames are zeroed before every convolution, so a padded batch gives each utterance the output
+it gets alone. Both frontends give exactly `T // 4` frames (`subsampled_lengths`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Output frames of both frontends for `lengths` input frames: two halvings, floor each time."""
+    return torch.div(torch.div(lengths, 2, rounding_mode="floor"), 2, rounding_mode="floor")
+
+
+def _time_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:  # [B, T] bool
+    return torch.arange(time, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # x [B, C, T, F]
+    return x.masked_fill(~_time_mask(lengths, x.shape[2])[:, None, :, None], 0.0)
+
+
+class DynaSRVGGFrontend(nn.Module):
+    """The papers' VGG4LayerActFrontendV1 (methods.md B): convs of 32, 64, 64, 32 channels (3x3, ReLU)
+    with a (2, 1) max-pool over time after the first and second, then a linear layer to d."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.conv4 = nn.Conv2d(64, 32, 3, padding=1)
+        self.linear = nn.Linear(32 * config.num_mel_bins, config.hidden_size)
+
+    def forward(self, input_features, lengths):  # [B, T, F], [B]
+        x = input_features[:, None]  # [B, 1, T, F]
+        x = F.relu(self.conv1(_zero_padding(x, lengths)))
+        x = F.max_pool2d(x, (2, 1))  # [B, 32, T/2, F]
+        lengths = torch.div(lengths, 2, rounding_mode="floor")
+        x = F.relu(self.conv2(_zero_padding(x, lengths)))
+        x = F.max_pool2d(x, (2, 1))  # [B, 64, T/4, F]
+        lengths = torch.div(lengths, 2, rounding_mode="floor")
+        x = F.relu(self.conv3(_zero_padding(x, lengths)))
+        x = F.relu(self.conv4(_zero_padding(x, lengths)))  # [B, 32, T/4, F]
+        x = x.transpose(1, 2).flatten(2)  # [B, T/4, 32 * F]
+        return self.linear(x), lengths
+
+
+class DynaSRConv2dFrontend(nn.Module):
+    """Cheap CPU frontend: a strided 3x3 conv, then a strided depthwise 3x3 plus pointwise conv (ReLU),
+    then a linear layer to d. Time is padded one frame on the left only, so each stride-2 conv halves
+    with floor like the VGG pools."""
+
+    def __init__(self, config):
+        super().__init__()
+        channels = config.frontend_channels
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=(0, 1))
+        self.depthwise = nn.Conv2d(channels, channels, 3, stride=2, padding=(0, 1), groups=channels)
+        self.pointwise = nn.Conv2d(channels, channels, 1)
+        freq = (config.num_mel_bins + 1) // 2
+        freq = (freq + 1) // 2
+        self.linear = nn.Linear(channels * freq, config.hidden_size)
+
+    def forward(self, input_features, lengths):  # [B, T, F], [B]
+        x = _zero_padding(input_features[:, None], lengths)  # [B, 1, T, F]
+        x = F.relu(self.conv1(F.pad(x, (0, 0, 1, 0))))  # [B, C, T/2, F/2]
+        lengths = torch.div(lengths, 2, rounding_mode="floor")
+        x = _zero_padding(x, lengths)
+        x = F.relu(self.pointwise(self.depthwise(F.pad(x, (0, 0, 1, 0)))))  # [B, C, T/4, F/4]
+        lengths = torch.div(lengths, 2, rounding_mode="floor")
+        x = x.transpose(1, 2).flatten(2)  # [B, T/4, C * F/4]
+        return self.linear(x), lengths
+
+
+FRONTENDS = {"vgg4x": DynaSRVGGFrontend, "conv2d4x": DynaSRConv2dFrontend}

@@ -1,0 +1,197 @@
+"""DynaSRForCTC: a CTC Conformer supernet whose named subnets are binary masks over components.
+
+Data flow: log-mel [B, T, F] -> frontend (4x) -> Conformer blocks with gates -> CTC head of the active
+size -> CTC loss (fp32 log-softmax) or logits for greedy decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+
+from .components import MODULE_NAMES, RESIDUAL_SCALE, ComponentIndex
+from .configuration_dynasr import DynaSRConfig
+from .conformer_dynasr import MODULE_CLASSES, DynaSRConvModule, ModuleRoute
+from .frontend_dynasr import FRONTENDS, subsampled_lengths
+from .specaugment import spec_augment
+from .subnet_dynasr import SubnetMixin
+
+logger = logging.getLogger(__name__)
+
+
+class DynaSREncoderBlock(nn.Module):
+    """One Conformer block: x += 0.5 FFN1(x); x += MHSA(x); x += Conv(x); x += 0.5 FFN2(x); LN(x).
+    A module of size 0 in the architecture spec is absent (`None`) and skipped."""
+
+    def __init__(self, config, block_spec: dict):
+        super().__init__()
+        for name in MODULE_NAMES:
+            size = block_spec[name]
+            setattr(self, name, MODULE_CLASSES[name](config, size) if size > 0 else None)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states, attention_mask, routes: dict[str, ModuleRoute]):  # [B, T, d], [B, T]
+        for name in MODULE_NAMES:
+            module, route = getattr(self, name), routes[name]
+            if module is None or route.skip:
+                continue
+            out = module(hidden_states, attention_mask, route)
+            if route.out_gate is not None:
+                gate = route.out_gate
+                out = out * (gate if gate.dim() == 0 else gate[:, None, None])
+            hidden_states = hidden_states + RESIDUAL_SCALE[name] * out
+        return self.layer_norm(hidden_states)
+
+
+class DynaSRPreTrainedModel(PreTrainedModel):
+    config: DynaSRConfig
+    config_class = DynaSRConfig
+    base_model_prefix = "dynasr"
+    main_input_name = "input_features"
+    input_modalities = "audio"
+    _no_split_modules = ["DynaSREncoderBlock"]
+    _supports_sdpa = False  # SDPA is called directly, not through the attention interface
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DynaSRConvModule):  # custom parameters the generic init does not know
+            init.ones_(module.norm_weight)
+            init.zeros_(module.norm_bias)
+
+    def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        return subsampled_lengths(input_lengths)
+
+
+class DynaSRModel(DynaSRPreTrainedModel):
+    """Frontend + Conformer blocks. `routes` (one dict of ModuleRoute per block) carry masks and gates."""
+
+    def __init__(self, config: DynaSRConfig):
+        super().__init__(config)
+        self.frontend = FRONTENDS[config.frontend_type](config)
+        self.layers = nn.ModuleList(DynaSREncoderBlock(config, spec) for spec in config.architecture_spec)
+        self.post_init()
+
+    def forward(self, input_features, lengths, routes=None, output_hidden_states=False):
+        if self.training and self.config.apply_spec_augment:
+            input_features = spec_augment(input_features, lengths, self.config)
+        hidden_states, lengths = self.frontend(input_features, lengths)  # [B, T', d]
+        attention_mask = torch.arange(hidden_states.shape[1], device=lengths.device)[None, :] < lengths[:, None]
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for b, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, attention_mask, routes[b] if routes else _FULL_ROUTES)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden), attention_mask
+
+
+_FULL_ROUTES = {name: ModuleRoute() for name in MODULE_NAMES}
+
+
+class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
+    """Supernet (or one extracted size) with one CTC output layer per size, as in the papers.
+
+    `lm_head` serves the whole network described by the config; `subnet_heads[name]` serves each
+    named subnet that is smaller than it."""
+
+    def __init__(self, config: DynaSRConfig):
+        super().__init__(config)
+        self.dynasr = DynaSRModel(config)
+        self.dropout = nn.Dropout(config.final_dropout)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.subnet_heads = nn.ModuleDict()
+        self._init_subnets()
+        self.post_init()
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        subnet: str | None = None,
+        component_gates: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`): log-mel features.
+        attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): 1 for real frames, 0 for padding.
+        labels (`torch.LongTensor` of shape `(batch, label_length)`, *optional*): token ids, -100 = padding.
+        subnet (`str`, *optional*): run this named size (its mask and its CTC head) instead of
+            `config.active_subnet`. `"full"` or `None` with no active subnet runs the whole network.
+        component_gates (`torch.Tensor` of shape `(num_components,)` or `(batch, num_components)`, *optional*):
+            soft gates in [0, 1] applied on top of the size's mask (training, stage 1).
+        """
+        lengths = self._check_inputs(input_features, attention_mask)
+        name = self._resolve_subnet(subnet)
+        routes = self._routes(name, component_gates)
+        encoder_out, out_mask = self.dynasr(input_features, lengths, routes, bool(output_hidden_states))
+        logits = self._head(name)(self.dropout(encoder_out.last_hidden_state))  # [B, T', V]
+
+        loss = None
+        if labels is not None:
+            loss = self.ctc_loss(logits, out_mask.sum(-1), labels)
+        return CausalLMOutput(loss=loss, logits=logits, hidden_states=encoder_out.hidden_states)
+
+    def ctc_loss(self, logits: torch.Tensor, output_lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CTC with the log-softmax in fp32 (also under bf16/fp16 autocast); blank = pad_token_id."""
+        label_mask = labels >= 0
+        label_lengths = label_mask.sum(-1)
+        targets = labels.masked_select(label_mask)
+        if targets.numel() and (targets.max() >= self.config.vocab_size or targets.min() < 0):
+            raise ValueError(
+                f"label ids must be in [0, {self.config.vocab_size}) (vocab_size) or -100 for padding; "
+                f"got ids from {int(targets.min())} to {int(targets.max())}. Does the tokenizer match the model?"
+            )
+        if (targets == self.config.pad_token_id).any():
+            raise ValueError(
+                f"labels contain the blank/pad id {self.config.pad_token_id}; pad labels with -100 instead"
+            )
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)  # [T', B, V]
+        with torch.backends.cudnn.flags(enabled=False):
+            return F.ctc_loss(
+                log_probs, targets, output_lengths, label_lengths,
+                blank=self.config.pad_token_id,
+                reduction=self.config.ctc_loss_reduction,
+                zero_infinity=self.config.ctc_zero_infinity,
+            )
+
+    def _check_inputs(self, input_features, attention_mask) -> torch.Tensor:
+        """Validate shapes and return the valid frames per utterance [B]."""
+        bins = self.config.num_mel_bins
+        if input_features.dim() != 3 or input_features.shape[-1] != bins:
+            raise ValueError(
+                f"input_features must have shape [batch, frames, {bins}] (log-mel, num_mel_bins={bins}); "
+                f"got {tuple(input_features.shape)}. Use the checkpoint's feature extractor."
+            )
+        batch, frames, _ = input_features.shape
+        if batch == 0 or frames == 0:
+            raise ValueError(f"input_features is empty (shape {tuple(input_features.shape)}); pass at least one frame")
+        if attention_mask is None:
+            lengths = torch.full((batch,), frames, dtype=torch.long, device=input_features.device)
+        elif tuple(attention_mask.shape) != (batch, frames):
+            raise ValueError(
+                f"attention_mask must have shape [batch, frames] = {(batch, frames)} like input_features; "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        else:
+            lengths = attention_mask.long().sum(-1)
+        if lengths.device.type != "meta" and (subsampled_lengths(lengths) < 1).any():
+            raise ValueError(
+                f"every utterance needs at least {self.config.subsampling_factor} valid frames (40 ms of audio) "
+                f"to give one output frame; got valid lengths {lengths.tolist()}"
+            )
+        return lengths
+
+
+DynaSRConfig.register_for_auto_class()
+DynaSRForCTC.register_for_auto_class("AutoModelForCTC")
+
+__all__ = ["DynaSRPreTrainedModel", "DynaSRModel", "DynaSRForCTC", "DynaSREncoderBlock"]
