@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests never touch the network: HF_HUB_OFFLINE is forced on."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# --- model fixtures ---
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=128,
+    frontend_type="conv2d4x",
+    frontend_channels=16,
+    hidden_dropout=0.0,
+    activation_dropout=0.0,
+    attention_dropout=0.0,
+)
+
+
+@pytest.fixture
+def tiny_config():
+    from hf_dynasr import DynaSRConfig
+
+    return DynaSRConfig(**TINY)
+
+
+def make_model(**overrides):
+    from hf_dynasr import DynaSRConfig, DynaSRForCTC
+
+    torch.manual_seed(0)
+    return DynaSRForCTC(DynaSRConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.fixture
+def features():
+    """Two utterances of 200 and 150 frames, padded: (input_features [2, 200, 80], attention_mask [2, 200])."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 200, 80, generator=g)
+    mask = torch.ones(2, 200, dtype=torch.long)
+    mask[1, 150:] = 0
+    x[1, 150:] = 0.0
+    return x, mask
+
+
+# --- data fixtures ---
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+#: Short sentences synthesized once per session with espeak-ng (22050 Hz mono WAV, about 1 s each).
+CLIP_TEXTS = ("hello world", "open the door", "good morning", "a red cat", "come back soon", "she sells shells")
+
+
+@pytest.fixture(scope="session")
+def speech_clips(tmp_path_factory):
+    """{text: path} of real speech clips made with espeak-ng (skips if espeak-ng is not installed)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (apt-get install -y espeak-ng)")
+    folder = tmp_path_factory.mktemp("speech_clips")
+    clips = {}
+    for i, text in enumerate(CLIP_TEXTS):
+        path = folder / f"clip{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "190", "-w", str(path), text], check=True)
+        clips[text] = path
+    return clips

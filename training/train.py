@@ -1,0 +1,422 @@
+"""Train a hf_dynasr CTC Conformer: a supernet with nested subnets, or one size (optionally with DMAO).
+
+Usage (every option can sit in the YAML file and be overridden on the command line; --help lists them):
+
+    # one process (plain python works too)
+    python training/train.py --config training/configs/smoke.yaml
+    accelerate launch training/train.py --config training/configs/demo_cpu.yaml
+
+    # several processes on one CPU machine (DDP over gloo); --num_processes makes the script check it
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+        --mixed_precision no --dynamo_backend no training/train.py --config training/configs/demo_cpu.yaml \
+        --num_processes 2
+
+    # several GPUs on one machine, and several machines
+    accelerate launch --num_processes 8 training/train.py --config training/configs/librispeech_960h.yaml
+    accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 \
+        --num_processes 16 training/train.py --config training/configs/librispeech_960h.yaml
+
+    # resume after a stop or a kill
+    python training/train.py --config ... --resume_from_checkpoint latest
+
+Steps: 1 options, 2 accelerator, 3 data, 4 model + selector + DMAO, 5 optimiser and schedule,
+6 resume, 7 the training loop (stage 1 / boundary / stage 2), 8 final model + processor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_dynasr import DynaSRConfig, DynaSRForCTC, build_processor  # noqa: E402
+from hf_dynasr.checkpointing import read_json, resolve_checkpoint, save_checkpoint, write_json  # noqa: E402
+from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset  # noqa: E402
+from hf_dynasr.schedule import build_scheduler  # noqa: E402
+from hf_dynasr.supernet import layerdrop_gates, plan_step, size_fractions, subnet_loss_weight  # noqa: E402
+from hf_dynasr.training_eval import evaluate_sizes  # noqa: E402
+
+logger = logging.getLogger("hf_dynasr.train")
+
+
+@dataclass
+class TrainArgs:
+    """All options. In YAML, give any of them as top-level keys."""
+
+    output_dir: str = field(default="runs/default", metadata={"help": "Run folder: checkpoints/, final/, logs."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow an output_dir holding a previous run."})
+    train_data: str = field(default="audiofolder:data/demo_corpus", metadata={"help": "Loader spec of the training data."})
+    train_split: str = field(default="train", metadata={"help": "Split of train_data."})
+    eval_data: str | None = field(default=None, metadata={"help": "Loader spec for evaluation (default: train_data)."})
+    eval_split: str = field(default="dev", metadata={"help": "Split of eval_data."})
+    max_eval_utterances: int = field(default=200, metadata={"help": "Evaluate on at most this many utterances."})
+    min_duration_s: float = field(default=0.3, metadata={"help": "Drop shorter utterances (counted)."})
+    max_duration_s: float = field(default=20.0, metadata={"help": "Drop longer utterances (counted)."})
+    preprocessing_num_workers: int = field(default=1, metadata={"help": "Processes for feature extraction."})
+    model: dict | str | None = field(default=None, metadata={"help": "DynaSRConfig arguments (dict or JSON)."})
+    init_from: str | None = field(default=None, metadata={"help": "Start from this checkpoint's weights."})
+    subnets: dict | str | None = field(default=None, metadata={"help": "Sizes: name -> fraction, target or {target, criterion}."})
+    selection: dict | str | None = field(default=None, metadata={"help": "{method, criterion, stage1_fraction, loss_weight, layerdrop_stage1, layerdrop_stage2, ...}."})
+    dmao: dict | str | None = field(default=None, metadata={"help": "DMAO options (hf_dynasr.dmao.DMAOConfig); null = off."})
+    max_steps: int = field(default=100, metadata={"help": "Optimizer updates in total."})
+    max_batch_seconds: float = field(default=40.0, metadata={"help": "Audio seconds per batch per process."})
+    learning_rate: float = field(default=4e-4, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (papers: 1e-3)."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon (papers: 1e-16)."})
+    lr_scheduler: str = field(default="one_cycle", metadata={"help": "one_cycle (papers) or a transformers scheduler name."})
+    warmup_fraction: float = field(default=0.45, metadata={"help": "Fraction of steps of the LR warm-up."})
+    decay_fraction: float = field(default=0.45, metadata={"help": "one_cycle: fraction of steps of the decay."})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping (0 = off)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer update."})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16."})
+    spec_augment: bool = field(default=False, metadata={"help": "SpecAugment with the papers' values."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = off)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | all."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of init, data order and subnet choices."})
+    num_processes: int | None = field(default=None, metadata={"help": "Fail unless exactly this many processes run."})
+    max_nonfinite_steps: int = field(default=20, metadata={"help": "Stop after this many non-finite steps in a row."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+
+
+def parse_args(argv=None) -> TrainArgs:
+    """YAML (--config) as defaults, command line on top; unknown YAML keys are an error."""
+    parser = HfArgumentParser(TrainArgs)
+    parser.add_argument("--config", default=None, help="YAML file with any of the options below.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+    if config_path:
+        with open(config_path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        known = {f.name for f in fields(TrainArgs)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"error: unknown key(s) {unknown} in {config_path}; allowed keys: {', '.join(sorted(known))}")
+        parser.set_defaults(**values)
+    args = parser.parse_args_into_dataclasses(argv)[0]
+    for name in ("model", "subnets", "selection", "dmao"):
+        value = getattr(args, name)
+        setattr(args, name, json.loads(value) if isinstance(value, str) else (value or {}))
+    return args
+
+
+def main(argv=None) -> None:
+    # 1. options and output folder ----------------------------------------------------------------
+    args = parse_args(argv)
+    ckpt_dir = os.path.join(args.output_dir, "checkpoints")
+    previous = os.path.isdir(args.output_dir) and bool(os.listdir(args.output_dir))
+    if previous and not args.resume_from_checkpoint and not args.overwrite_output_dir:
+        raise SystemExit(
+            f"error: {args.output_dir} holds a previous run; pass --resume_from_checkpoint latest to continue it "
+            "or --overwrite_output_dir to start over"
+        )
+
+    # 2. accelerator: CPU DDP needs cpu=True (methods: ecosystem.md 5); subnets skip nothing in DDP's
+    #    eyes because every step runs the full net and unused heads are anchored (see anchor_unused_heads).
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != world or (args.num_processes and accelerator.num_processes != args.num_processes):
+        raise SystemExit(
+            f"error: {accelerator.num_processes} process(es) joined the run but {args.num_processes or world} were "
+            "requested. On CPU use: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ... "
+            "(`--cpu --num_processes N` silently runs one process)"
+        )
+    if accelerator.is_main_process:
+        if previous and args.overwrite_output_dir and not args.resume_from_checkpoint:
+            shutil.rmtree(args.output_dir)
+        os.makedirs(ckpt_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+
+    # 3. data: features and labels computed once (main process first, the others read the cache) --------
+    processor = build_processor()
+    tokenizer, feature_extractor = processor.tokenizer, processor.feature_extractor
+    with accelerator.main_process_first():
+        train_raw = load_speech_dataset(args.train_data, split=args.train_split)
+        train_ds, train_report = prepare_dataset(
+            train_raw, feature_extractor, tokenizer, min_duration_s=args.min_duration_s,
+            max_duration_s=args.max_duration_s, num_proc=args.preprocessing_num_workers)
+        eval_raw = load_speech_dataset(args.eval_data or args.train_data, split=args.eval_split)
+        if len(eval_raw) > args.max_eval_utterances:
+            eval_raw = eval_raw.select(range(args.max_eval_utterances))
+        eval_ds, eval_report = prepare_dataset(
+            eval_raw, feature_extractor, tokenizer, min_duration_s=0.0, max_duration_s=None,
+            num_proc=args.preprocessing_num_workers)
+    logger.info("train data: %s", train_report)
+    logger.info("eval data: %s", eval_report)
+    if len(train_ds) == 0:
+        raise SystemExit(f"error: no usable training utterance in {args.train_data}: {train_report}")
+    sampler = DurationBatchSampler.from_dataset(train_ds, args.max_batch_seconds, seed=args.seed)
+    collator = DataCollatorCTCWithPadding(feature_extractor)
+    train_loader = DataLoader(train_ds.with_format("numpy"), batch_sampler=sampler, collate_fn=collator,
+                              num_workers=args.dataloader_num_workers)
+
+    # 4. model (shape from the checkpoint when resuming), sizes, selector, DMAO -------------------------
+    resume_dir = resolve_checkpoint(ckpt_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    model, sizes, criterion = build_model(args, tokenizer, resume_dir)
+    sel = args.selection
+    selector = None
+    stage1_steps = 0
+    if sizes and sel.get("method", "ortho_softmax") != "fixed":
+        from hf_dynasr.selection import build_selector
+
+        selector_kwargs = {k: v for k, v in sel.items() if k not in SUPERNET_KEYS}
+        selector = build_selector(sel.get("method", "ortho_softmax"), model.component_costs(), sizes,
+                                  criterion=criterion, total_steps=args.max_steps,
+                                  stage1_fraction=sel.get("stage1_fraction", 0.6), index=model.component_index,
+                                  **selector_kwargs)
+        stage1_steps = selector.stage1_steps()
+        accelerator.register_for_checkpointing(selector)
+    dmao = None
+    if args.dmao:
+        from hf_dynasr.dmao import DMAO, DMAOConfig
+
+        dmao = DMAO(model, DMAOConfig(**args.dmao), total_steps=args.max_steps)
+        accelerator.register_for_checkpointing(dmao)
+    size_names = list(sizes)
+
+    # 5. optimiser (model + selector scores) and the one-cycle schedule in fractions of max_steps ------
+    optimizer = torch.optim.AdamW(
+        [{"params": model.parameters()}, {"params": selector.parameters() if selector else [], "weight_decay": 0.0}],
+        lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon)
+    scheduler = build_scheduler(optimizer, args.lr_scheduler, args.max_steps,
+                                **({"warmup_fraction": args.warmup_fraction, "decay_fraction": args.decay_fraction}
+                                   if args.lr_scheduler == "one_cycle" else {"warmup_fraction": args.warmup_fraction}))
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+
+    # 6. resume: weights, optimiser, scheduler, RNG, selector, DMAO; then skip the consumed batches ----
+    step, epoch, skip_batches, nonfinite = 0, 0, 0, 0
+    if resume_dir:
+        accelerator.load_state(resume_dir)
+        state = read_json(os.path.join(resume_dir, "trainer_state.json"))
+        step, epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, step, epoch, skip_batches)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("hf_dynasr", config={k: str(v) for k, v in asdict(args).items()})
+        write_json(os.path.join(args.output_dir, "training_args.json"), asdict(args))
+        write_json(os.path.join(args.output_dir, "data_report.json"),
+                   {"train": train_report.to_dict(), "eval": eval_report.to_dict()})
+
+    # 7. training loop -------------------------------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(model)
+    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    start_time, audio_seconds = time.time(), 0.0
+    history = []
+    while step < args.max_steps:
+        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        batches_in_epoch = skip_batches
+        skip_batches = 0
+        for batch in loader:
+            batches_in_epoch += 1
+            if selector is not None and step == stage1_steps and not unwrapped.config.subnets[size_names[0]].get("components"):
+                freeze_masks(unwrapped, selector, sizes, criterion, accelerator)
+            with accelerator.accumulate(model):
+                runs = plan_step(step, size_names, stage1_steps=stage1_steps, seed=args.seed, selector=selector)
+                loss, losses = supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_names)
+                finite = bool(accelerator.reduce(torch.isfinite(loss.detach()).float(), "min") >= 1)
+                accelerator.backward(loss if finite else loss * 0.0)  # keeps every rank's DDP in step
+                if not finite:  # skipped on every rank alike, counted, and fatal after K in a row
+                    nonfinite += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    logger.warning("step %d: non-finite loss (%s), update skipped (%d in a row)", step, losses, nonfinite)
+                    if nonfinite >= args.max_nonfinite_steps:
+                        raise SystemExit(f"error: {nonfinite} non-finite steps in a row; lower the learning rate")
+                    continue
+                nonfinite = 0
+                if selector is not None:
+                    for p in selector.parameters():  # outside DDP: average the score gradients by hand
+                        if p.grad is not None:
+                            p.grad = accelerator.reduce(p.grad, "mean")
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if dmao is not None and accelerator.sync_gradients:
+                    dmao.observe(unwrapped, step)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            if selector is not None and step < stage1_steps:
+                with torch.no_grad():
+                    selector.end_of_step(step)
+            step += 1
+            audio_seconds += float(batch["attention_mask"].sum()) * 0.01 * accelerator.num_processes
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+            if dmao is not None and dmao.reshape_due(step):
+                model, optimizer = dmao_reshape(dmao, model, optimizer, accelerator, args)
+                unwrapped = accelerator.unwrap_model(model)
+            if step % args.logging_steps == 0 or step == args.max_steps:
+                record = {"step": step, "lr": scheduler.get_last_lr()[0], **losses,
+                          "audio_s_per_s": audio_seconds / max(1e-9, time.time() - start_time)}
+                if selector is not None:
+                    record.update({f"selector/{k}": v for k, v in selector.describe(step).items()})
+                accelerator.log(record, step=step)
+                history.append(record)
+            if args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
+                run_eval(accelerator, unwrapped, eval_ds, collator, tokenizer, step, args)
+            if args.save_steps and step % args.save_steps == 0:
+                state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
+                save_checkpoint(accelerator, ckpt_dir, step, state, unwrapped.config, args.save_total_limit)
+            if step >= args.max_steps:
+                break
+        else:
+            epoch += 1
+    progress.close()
+
+    # 8. masks frozen (a run shorter than stage 1), final evaluation, model + processor in final/ -------
+    if selector is not None and not unwrapped.config.subnets[size_names[0]].get("components"):
+        freeze_masks(unwrapped, selector, sizes, criterion, accelerator)
+    results = run_eval(accelerator, unwrapped, eval_ds, collator, tokenizer, step, args)
+    if accelerator.is_main_process:
+        final = os.path.join(args.output_dir, "final")
+        tmp = final + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if selector is not None:
+            from safetensors.torch import save_file  # the selector's scores, never pickled
+
+            save_file({k: v.contiguous() for k, v in selector.state_dict().items()}, os.path.join(tmp, "selector.safetensors"))
+        write_json(os.path.join(tmp, "training_results.json"),
+                   {"eval": results, "history": history, "steps": step, "train_data": args.train_data,
+                    "method": args.selection.get("method") if sizes else None, "dmao": args.dmao or None,
+                    "wall_time_s": time.time() - start_time})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        logger.info("final model and processor in %s", final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+SUPERNET_KEYS = ("method", "criterion", "stage1_fraction", "loss_weight", "layerdrop_stage1", "layerdrop_stage2")
+
+
+def build_model(args, tokenizer, resume_dir):
+    """The model, its sizes (name -> fraction, smallest first) and the cost criterion."""
+    if resume_dir:
+        config = DynaSRConfig.from_json_file(os.path.join(resume_dir, "config.json"))
+        model = DynaSRForCTC(config)
+    elif args.init_from:
+        model = DynaSRForCTC.from_pretrained(args.init_from)
+    else:
+        model_kwargs = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args.model}
+        model = DynaSRForCTC(DynaSRConfig(**model_kwargs))
+    model.config.apply_spec_augment = args.spec_augment
+    if len(tokenizer) != model.config.vocab_size:
+        raise SystemExit(f"error: the tokenizer has {len(tokenizer)} labels but the model's vocab_size is "
+                         f"{model.config.vocab_size}")
+    criterion = args.selection.get("criterion", "params")
+    sizes, criterion = size_fractions(args.subnets, model.component_costs(), criterion) if args.subnets else ({}, criterion)
+    for name, fraction in sizes.items():
+        if name not in model.config.subnets:
+            model.add_subnet(name, components=None, criterion=criterion, target=fraction)
+    return model, sizes, criterion
+
+
+def supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_names):
+    """Sum of the weighted CTC losses of this step's nets plus the selector's regulariser."""
+    sel = args.selection
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # LayerDrop: a function of the step
+    total, losses = 0.0, {}
+    stage1 = any(run.soft for run in runs)
+    drop_rate = sel.get("layerdrop_stage1" if stage1 else "layerdrop_stage2", 0.0 if stage1 else 0.1)
+    for run in runs:
+        gates = run.gates
+        if run.subnet is None and selector is not None:
+            drop = selector.layerdrop_components(step) if stage1 else ~unwrapped.subnet_mask(size_names[0])
+            gates = layerdrop_gates(drop, drop_rate, batch["input_features"].shape[0], generator)
+        out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
+                    labels=batch["labels"], subnet=run.subnet, component_gates=gates)
+        weight = 1.0 if run.subnet is None else subnet_loss_weight(out.loss, sel.get("loss_weight", "paper1"))
+        total = total + weight * out.loss
+        losses[f"loss/{run.subnet or 'full'}"] = float(out.loss.detach())
+        if run.soft:
+            reg = selector.regularizer(run.subnet, step)
+            total = total + reg
+            losses["loss/regularizer"] = float(reg.detach())
+    return total + anchor_unused_heads(unwrapped, {r.subnet for r in runs}), losses
+
+
+def anchor_unused_heads(unwrapped, used) -> torch.Tensor:
+    """0 * (heads not run this step): DDP then sees every parameter used without find_unused_parameters,
+    which would cost an extra graph traversal every step (ecosystem.md 5). Gradients stay exactly zero."""
+    anchor = 0.0
+    for name, head in unwrapped.subnet_heads.items():
+        if name not in used:
+            anchor = anchor + 0.0 * (head.weight.sum() + head.bias.sum())
+    return anchor
+
+
+def freeze_masks(unwrapped, selector, sizes, criterion, accelerator) -> None:
+    """Stage boundary: the selector's nested binary masks become config.subnets (same on every rank)."""
+    masks = selector.final_masks()
+    for name, ids in masks.items():
+        entry = unwrapped.add_subnet(name, components=ids, criterion=criterion, target=sizes[name])
+        logger.info("subnet %s: %d components, %s params, %s FLOPs", name, len(ids),
+                    f"{entry['num_parameters']:,}", f"{entry['flops']:,}")
+
+
+def dmao_reshape(dmao, model, optimizer, accelerator, args):
+    """Reshape the unwrapped model, carry the optimiser state over, and prepare the model again."""
+    unwrapped = accelerator.unwrap_model(model)
+    dmao.reduce_scores(accelerator)
+    report = dmao.reshape(unwrapped, optimizer)
+    if accelerator.is_main_process:
+        path = os.path.join(args.output_dir, "dmao_events.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(report) + "\n")
+    if accelerator.num_processes > 1:  # DDP must be rebuilt over the new parameters
+        new_model = accelerator.prepare_model(unwrapped)
+        accelerator._models[accelerator._models.index(model)] = accelerator._models.pop()
+        model = new_model
+    return model, optimizer
+
+
+def run_eval(accelerator, unwrapped, eval_ds, collator, tokenizer, step, args):
+    results = {}
+    if accelerator.is_main_process and len(eval_ds):
+        results = evaluate_sizes(unwrapped, eval_ds, collator, tokenizer)
+        accelerator.log({f"eval/{name}/{k}": v for name, r in results.items() for k, v in r.items()
+                         if isinstance(v, (int, float))}, step=step)
+        for name, r in results.items():
+            logger.info("step %d eval %-8s WER %.3f CER %.3f (%s params)", step, name, r["wer"], r["cer"],
+                        f"{r['num_parameters']:,}")
+    accelerator.wait_for_everyone()
+    return results
+
+
+if __name__ == "__main__":
+    main()
