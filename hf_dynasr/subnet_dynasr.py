@@ -69,8 +69,9 @@ class SubnetMixin:
         still being learned (training stage 1; the head exists, the mask does not yet)."""
         from .costs_dynasr import count_parameters, measure_flops
 
-        if name == FULL:
-            raise ValueError(f"'{FULL}' is reserved for the whole network; choose another subnet name")
+        if name == FULL or hasattr(nn.ModuleDict, name):
+            raise ValueError(f"subnet name '{name}' is reserved (the whole network or a ModuleDict attribute); "
+                             "choose another, e.g. '20M' or 'small'")
         entry = {"criterion": criterion, "target": target, "components": None}
         if components is not None:
             ids = self._index.ids(components)
@@ -179,7 +180,14 @@ class SubnetMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`from_pretrained(path_or_repo, subnet="40M")` returns the compact 40M model.
 
-        Without `subnet` (and no `active_subnet` in the checkpoint) it returns the whole checkpoint."""
+        Without `subnet` (and no `active_subnet` in the checkpoint) it returns the whole checkpoint.
+        A strict size is loaded lazily: only its tensors and slices are read from the safetensors
+        weights (see `lazy_loading.py`); other cases use the regular loader."""
+        from .lazy_loading import load_subnet_lazily
+
+        loaded = load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        if loaded is not None:
+            return loaded
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         name = model.config.active_subnet
         if name is not None and name != FULL and model._subnet_ids(name) is not None:

@@ -70,3 +70,32 @@ def speech_clips(tmp_path_factory):
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "190", "-w", str(path), text], check=True)
         clips[text] = path
     return clips
+
+
+# --- training fixtures ---
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory):
+    """A 40-utterance espeak/flite corpus (train/dev/test) made by scripts/synthesize_corpus.py."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("smoke_corpus")
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "synthesize_corpus.py"), "--output_dir", str(out),
+                    "--num_utterances", "40", "--seed", "0", "--dev_fraction", "0.1", "--test_fraction", "0.1"],
+                   check=True, capture_output=True)
+    return out
+
+
+def run_train(args, *, launcher=None, env=None, check=True):
+    """Run training/train.py in a subprocess (python, or a launcher prefix such as accelerate launch)."""
+    import subprocess
+    import sys
+
+    cmd = (launcher or [sys.executable]) + [os.path.join(REPO, "training", "train.py")] + [str(a) for a in args]
+    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result

@@ -231,7 +231,7 @@ def main(argv=None) -> None:
     unwrapped = accelerator.unwrap_model(model)
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     start_time, audio_seconds = time.time(), 0.0
-    history = []
+    history, choices = [], []
     while step < args.max_steps:
         sampler.set_epoch(epoch)
         train_loader.set_epoch(epoch)
@@ -242,8 +242,13 @@ def main(argv=None) -> None:
             batches_in_epoch += 1
             if selector is not None and step == stage1_steps and not unwrapped.config.subnets[size_names[0]].get("components"):
                 freeze_masks(unwrapped, selector, sizes, criterion, accelerator)
+            # every random draw of a batch (dropout, SpecAugment) is a function of (seed, position in the data, process):
+            # a resumed run draws exactly what the uninterrupted one drew, whatever the data loader consumed meanwhile
+            micro_batch = epoch * 10_000_000 + batches_in_epoch
+            torch.manual_seed((args.seed * 1_000_003 + micro_batch) * 1024 + accelerator.process_index)
             with accelerator.accumulate(model):
                 runs = plan_step(step, size_names, stage1_steps=stage1_steps, seed=args.seed, selector=selector)
+                choices.append(check_same_choice(accelerator, runs, size_names, step))
                 loss, losses = supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_names)
                 finite = bool(accelerator.reduce(torch.isfinite(loss.detach()).float(), "min") >= 1)
                 accelerator.backward(loss if finite else loss * 0.0)  # keeps every rank's DDP in step
@@ -300,6 +305,7 @@ def main(argv=None) -> None:
     if selector is not None and not unwrapped.config.subnets[size_names[0]].get("components"):
         freeze_masks(unwrapped, selector, sizes, criterion, accelerator)
     results = run_eval(accelerator, unwrapped, eval_ds, collator, tokenizer, step, args)
+    checksums = weight_checksums(accelerator, unwrapped)
     if accelerator.is_main_process:
         final = os.path.join(args.output_dir, "final")
         tmp = final + ".tmp"
@@ -313,7 +319,8 @@ def main(argv=None) -> None:
         write_json(os.path.join(tmp, "training_results.json"),
                    {"eval": results, "history": history, "steps": step, "train_data": args.train_data,
                     "method": args.selection.get("method") if sizes else None, "dmao": args.dmao or None,
-                    "wall_time_s": time.time() - start_time})
+                    "wall_time_s": time.time() - start_time, "num_processes": accelerator.num_processes,
+                    "rank_weight_checksums": checksums, "subnet_choices": choices})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         logger.info("final model and processor in %s", final)
@@ -403,6 +410,26 @@ def dmao_reshape(dmao, model, optimizer, accelerator, args):
         accelerator._models[accelerator._models.index(model)] = accelerator._models.pop()
         model = new_model
     return model, optimizer
+
+
+def check_same_choice(accelerator, runs, size_names, step) -> list:
+    """All-gather this step's nets (as size indices) and fail if any process chose differently."""
+    code = torch.tensor([[-1 if r.subnet is None else size_names.index(r.subnet) for r in runs] + [-2] * (3 - len(runs))])
+    gathered = accelerator.gather(code).tolist()
+    if any(row != gathered[0] for row in gathered):
+        raise RuntimeError(f"step {step}: processes chose different subnets {gathered}; the choice must depend "
+                           "only on (seed, step)")
+    return gathered
+
+
+def weight_checksums(accelerator, unwrapped) -> list:
+    """Per process: a float64 checksum of every parameter; DDP ranks must agree exactly."""
+    with torch.no_grad():
+        local = sum(p.double().sum() * (i + 1) + p.double().pow(2).sum() for i, p in enumerate(unwrapped.parameters()))
+    gathered = accelerator.gather(local.reshape(1)).tolist()
+    if len(set(gathered)) > 1:
+        logger.error("weights differ across processes: %s", gathered)
+    return gathered
 
 
 def run_eval(accelerator, unwrapped, eval_ds, collator, tokenizer, step, args):
