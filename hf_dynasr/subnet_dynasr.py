@@ -30,7 +30,7 @@ class SubnetMixin:
         self._index = ComponentIndex(self.config)
         self._route_cache: dict[str, list] = {}
         self._costs = None
-        for name, entry in self.config.subnets.items():
+        for name, entry in sorted(self.config.subnets.items()):  # heads in name order, see _sort_heads
             if name == FULL:
                 raise ValueError(f"'{FULL}' is reserved for the whole network; rename that subnet")
             if not self._covers_all(entry.get("components")):
@@ -87,8 +87,14 @@ class SubnetMixin:
             param = self.lm_head.weight
             self.subnet_heads[name] = nn.Linear(param.shape[1], param.shape[0], device=param.device, dtype=param.dtype)
             self.subnet_heads[name].load_state_dict(self.lm_head.state_dict())  # start from the full head
+            self._sort_heads()
         self._route_cache.pop(name, None)
         return entry
+
+    def _sort_heads(self) -> None:
+        """Keep the heads in name order, whatever order sizes were added in: optimizer states are saved and
+        restored by parameter position, and two heads of equal shape must never swap their moments."""
+        self.subnet_heads = nn.ModuleDict(sorted(self.subnet_heads.items()))
 
     def set_subnet(self, name: str | None) -> None:
         """Switch the active size in place (`None` or "full" = whole network)."""

@@ -279,9 +279,9 @@ def main(argv=None) -> None:
             step += 1
             audio_seconds += float(batch["attention_mask"].sum()) * 0.01 * accelerator.num_processes
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            progress.set_postfix(ctc_full=f"{losses['loss/full']:.3f}")
             if dmao is not None and dmao.reshape_due(step):
-                model, optimizer = dmao_reshape(dmao, model, optimizer, accelerator, args)
+                model, optimizer = dmao_reshape(dmao, model, optimizer, accelerator, args, step)
                 unwrapped = accelerator.unwrap_model(model)
             if step % args.logging_steps == 0 or step == args.max_steps:
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **losses,
@@ -396,11 +396,11 @@ def freeze_masks(unwrapped, selector, sizes, criterion, accelerator) -> None:
                     f"{entry['num_parameters']:,}", f"{entry['flops']:,}")
 
 
-def dmao_reshape(dmao, model, optimizer, accelerator, args):
+def dmao_reshape(dmao, model, optimizer, accelerator, args, step):
     """Reshape the unwrapped model, carry the optimiser state over, and prepare the model again."""
     unwrapped = accelerator.unwrap_model(model)
     dmao.reduce_scores(accelerator)
-    report = dmao.reshape(unwrapped, optimizer)
+    report = dmao.reshape(unwrapped, optimizer, step=step)
     if accelerator.is_main_process:
         path = os.path.join(args.output_dir, "dmao_events.jsonl")
         with open(path, "a", encoding="utf-8") as f:
