@@ -7,6 +7,7 @@ Importing the package registers `DynaSRConfig` with `AutoConfig` and `DynaSRForC
 
 from transformers import AutoConfig, AutoModelForCTC
 
+from .budget import pick_subnet
 from .components import Component, ComponentIndex
 from .configuration_dynasr import DynaSRConfig
 from .modeling_dynasr import DynaSRForCTC, DynaSRModel, DynaSRPreTrainedModel
@@ -26,4 +27,5 @@ __all__ = [
     "build_feature_extractor",
     "build_processor",
     "build_tokenizer",
+    "pick_subnet",
 ]

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Evaluate every size of an hf_dynasr checkpoint: WER, CER, parameters, FLOPs, latency, RTF.
+
+    python scripts/evaluate.py --checkpoint ckpt --data audiofolder:data/synth --split test
+    python scripts/evaluate.py --checkpoint ckpt --audio_dir data/synth/test --subnets small,full
+    python scripts/evaluate.py --checkpoint ckpt --latency-table          # writes ckpt/latency_table.json
+
+Writes OUTPUT_DIR/results.json, results.md (a markdown table) and pareto.png (WER vs params and vs FLOPs;
+--baselines JSON adds individually trained models: {name: {num_parameters, flops, wer}}).
+"""
+
+import os
+import sys
+
+# this file is called evaluate.py: keep `import evaluate` (the library) from finding it
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _HERE]
+
+import argparse  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="supernet or per-size checkpoint (directory or Hub id)")
+    p.add_argument("--subnets", default="all", help="'all' (every size + full) or a comma list, e.g. small,full")
+    p.add_argument("--data", help="dataset spec for hf_dynasr.data.load_speech_dataset, e.g. audiofolder:data/synth")
+    p.add_argument("--audio_dir", help="an audiofolder directory (audio + metadata.csv); alternative to --data")
+    p.add_argument("--split", default="test", help="split / subdirectory to evaluate (default: test)")
+    p.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N utterances")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--num_threads", type=int, default=None, help="torch threads for latency (default: torch's)")
+    p.add_argument("--latency_runs", type=int, default=5, help="timed runs per size (median); 0 = no latency")
+    p.add_argument("--latency-table", "--latency_table", dest="latency_table", action="store_true",
+                   help="measure batch-1 latency per size and write latency_table.json beside the checkpoint")
+    p.add_argument("--no_normalize", action="store_true", help="score raw text (default: normalised)")
+    p.add_argument("--baselines", help="JSON of individually trained baselines to draw on the Pareto plot")
+    p.add_argument("--output_dir", default=None, help="where to write results (default: the checkpoint dir)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not (args.data or args.audio_dir or args.latency_table):
+        print("error: give --data or --audio_dir (or --latency-table alone)", file=sys.stderr)
+        return 2
+    import torch
+
+    from hf_dynasr.metrics import evaluate_checkpoint, latency_table, plot_pareto, results_markdown, write_json
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if args.latency_table:
+        if not os.path.isdir(args.checkpoint):
+            print("error: --latency-table needs a local checkpoint directory", file=sys.stderr)
+            return 2
+        table = latency_table(args.checkpoint, subnets=args.subnets, runs=max(1, args.latency_runs),
+                              num_threads=args.num_threads)
+        for name, row in table["sizes"].items():
+            print(f"{name:>12}: {row['latency_ms']:8.1f} ms  (RTF {row['rtf']:.4f})")
+        print(f"wrote {table['path']}")
+        if not (args.data or args.audio_dir):
+            return 0
+
+    from hf_dynasr.data import load_speech_dataset  # lazy: pulls in datasets/soundfile
+
+    spec = args.data if args.data else f"audiofolder:{args.audio_dir}"
+    dataset = load_speech_dataset(spec, split=args.split)
+    results = evaluate_checkpoint(
+        args.checkpoint, dataset, subnets=args.subnets, batch_size=args.batch_size,
+        normalize=not args.no_normalize, latency=args.latency_runs > 0, latency_runs=args.latency_runs,
+        num_threads=args.num_threads, dataset_name=args.data or args.audio_dir, split=args.split,
+        max_samples=args.max_samples,
+    )
+    out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
+    os.makedirs(out, exist_ok=True)
+    write_json(results, os.path.join(out, "results.json"))
+    table = results_markdown(results)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    plot_pareto(results, os.path.join(out, "pareto.png"), baselines=args.baselines)
+    print(table)
+    print(f"wrote {os.path.join(out, 'results.json')}, results.md, pareto.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

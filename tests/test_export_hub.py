@@ -1,0 +1,517 @@
+"""Evaluation, per-size export, model cards, Hub push (fake server), lazy subnet loading, pick_subnet.
+
+Real tiny models and real safetensors files; the Hub is a stdlib fake on 127.0.0.1 (tests/fake_hub.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fake_hub import FakeHub
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "hf_TESTsecretTOKEN0123456789abcdef"
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            frontend_type="conv2d4x", frontend_channels=16)
+
+
+def _features(batch=2, frames=200, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, frames, 80, generator=g)
+    mask = torch.ones(batch, frames, dtype=torch.long)
+    if batch > 1:
+        mask[1, frames * 2 // 3:] = 0
+    return x, mask
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- fixtures (module scope: the expensive artefacts are built once) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory):
+    from hf_dynasr import DynaSRConfig, DynaSRForCTC, build_processor
+
+    torch.manual_seed(0)
+    model = DynaSRForCTC(DynaSRConfig(**TINY)).eval()
+    n = len(model.component_index)
+    model.add_subnet("small", components=list(range(0, n, 3)))
+    model.add_subnet("mid", components=list(range(0, n, 3)) + [1, 4, 7])
+    with torch.no_grad():  # distinct heads, so a wrong head would show in the logits
+        for i, head in enumerate(model.subnet_heads.values()):
+            head.weight.add_(0.1 * (i + 1))
+    path = tmp_path_factory.mktemp("ckpt") / "supernet_ckpt"
+    model.save_pretrained(path)
+    build_processor().save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    import datasets
+
+    rng = np.random.default_rng(0)
+    audio = [(rng.standard_normal(int(16000 * s)) * 0.1).astype(np.float32) for s in (0.6, 1.0, 0.8)]
+    return datasets.Dataset.from_dict({"audio": audio, "text": ["hello world", "a cat", "yes"]})
+
+
+@pytest.fixture(scope="module")
+def results(supernet, tiny_dataset, tmp_path_factory):
+    from hf_dynasr.metrics import evaluate_checkpoint, write_json
+
+    path, _ = supernet
+    res = evaluate_checkpoint(path, tiny_dataset, batch_size=2, latency_runs=1, latency_duration_s=1.0,
+                              dataset_name="tiny-test", split="test")
+    file = tmp_path_factory.mktemp("eval") / "results.json"
+    write_json(res, file)
+    return res, file
+
+
+@pytest.fixture(scope="module")
+def export(supernet, results, tmp_path_factory):
+    from hf_dynasr.hub import export_subnets
+
+    path, _ = supernet
+    out = tmp_path_factory.mktemp("export") / "out"
+    training = {"method": "dynamic encoder size, joint training", "schedule": "OCLR, 10 epochs",
+                "data": "tiny synthetic", "hub_token": TOKEN, "learning_rate": 1e-3}
+    folders = export_subnets(path, out, results=[results[1]], onnx=True, training=training)
+    return out, folders
+
+
+# --- evaluation ------------------------------------------------------------------------------------------
+
+
+def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
+    from hf_dynasr.metrics import plot_pareto, results_markdown
+
+    _, model = supernet
+    res, file = results
+    assert list(res["sizes"]) == ["small", "mid", "full"]  # ordered by parameters
+    assert json.loads(file.read_text())["num_utterances"] == 3
+    for name, row in res["sizes"].items():
+        assert 0 <= row["wer"] < float("inf") and 0 <= row["cer"] < float("inf")
+        assert row["num_words"] == 5 and row["hits"] + row["substitutions"] + row["deletions"] == 5
+        assert row["latency_ms"] > 0 and row["rtf"] > 0
+        if name != "full":
+            assert row["num_parameters"] == model.config.subnets[name]["num_parameters"]
+            assert row["flops"] == model.config.subnets[name]["flops"]
+    assert res["sizes"]["full"]["num_parameters"] > res["sizes"]["mid"]["num_parameters"]
+    table = results_markdown(res)
+    assert "| small |" in table and "| full |" in table
+    png = plot_pareto(res, tmp_path / "p.png", baselines={"base-s": {"num_parameters": 70000, "flops": 5e7,
+                                                                     "wer": 1.0}})
+    assert Path(png).stat().st_size > 1000
+
+
+def test_wer_cer_and_local_evaluate_module():
+    import evaluate
+
+    from hf_dynasr.metrics import wer_cer
+
+    refs, hyps = ["Hello, World!", "a b c d"], ["hello word", "a b d"]
+    ours = wer_cer(refs, hyps)
+    assert ours["wer"] == pytest.approx(2 / 6) and ours["substitutions"] == 1 and ours["deletions"] == 1
+    metric = evaluate.load(str(REPO_ROOT / "hf_dynasr" / "wer_metric"))
+    got = metric.compute(predictions=hyps, references=refs)
+    assert set(got) == {"wer", "cer", "substitutions", "deletions", "insertions", "hits"}
+    assert got["wer"] == pytest.approx(ours["wer"]) and got["cer"] == pytest.approx(ours["cer"])
+    assert got["hits"] == 4 and got["insertions"] == 0
+
+
+def test_latency_table_and_script_guard(supernet, tmp_path):
+    from hf_dynasr.metrics import latency_table
+
+    path, _ = supernet
+    target = tmp_path / "lt.json"
+    table = latency_table(path, runs=1, duration_s=0.5, save=str(target))
+    assert set(json.loads(target.read_text())["sizes"]) == {"small", "mid", "full"}
+    assert all(row["latency_ms"] > 0 for row in table["sizes"].values())
+    assert _load_script("evaluate").main(["--checkpoint", str(path)]) == 2  # needs --data or --latency-table
+
+
+# --- export ----------------------------------------------------------------------------------------------
+
+
+def test_export_layout_and_round_trip(supernet, export):
+    import hf_dynasr  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModelForCTC, pipeline
+
+    _, model = supernet
+    out, folders = export
+    assert set(folders) == {"supernet", "small", "mid"}
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    x, mask = _features()
+    audio = (np.random.default_rng(1).standard_normal(12000) * 0.1).astype(np.float32)
+    for name in ("small", "mid"):
+        folder = out / name
+        for f in ("config.json", "model.safetensors", "README.md", "model.onnx", "processor_config.json",
+                  "vocab.json", "modeling_dynasr.py", "lazy_loading.py", "pareto.png"):
+            assert (folder / f).is_file(), f
+        loaded = AutoModelForCTC.from_pretrained(folder)
+        assert loaded.config.active_subnet == name and not loaded.subnet_heads
+        assert loaded.config.architecture_spec == model.component_index.spec_for(
+            model.config, model.config.subnets[name]["components"])
+        assert sum(p.numel() for p in loaded.parameters()) == model.config.subnets[name]["num_parameters"]
+        with torch.no_grad():
+            want = model(x, mask, subnet=name).logits
+            got = loaded(x, mask).logits
+        assert (got - want).abs().max() <= 1e-4
+        asr = pipeline("automatic-speech-recognition", model=str(folder))
+        assert isinstance(asr(audio)["text"], str)
+    sup = AutoModelForCTC.from_pretrained(out / "supernet")
+    assert set(sup.subnet_heads) == {"small", "mid"}
+
+
+def test_export_remote_code_fresh_process(supernet, export, tmp_path):
+    """The exported folders load with trust_remote_code in a process that never imports hf_dynasr."""
+    _, model = supernet
+    out, _ = export
+    x, mask = _features()
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    code = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np, torch
+        from transformers import AutoModelForCTC
+        x, mask = torch.from_numpy(np.load("x.npy")), torch.from_numpy(np.load("mask.npy"))
+        out = {{}}
+        for key, path, kw in [("small", r"{out / 'small'}", {{}}), ("mid", r"{out / 'mid'}", {{}}),
+                              ("lazy-small", r"{out / 'supernet'}", {{"subnet": "small"}})]:
+            m = AutoModelForCTC.from_pretrained(path, trust_remote_code=True, **kw)
+            with torch.no_grad():
+                np.save(key + ".npy", m(x, mask).logits.numpy())
+            out[key] = type(m).__module__
+        out["hf_dynasr_imported"] = "hf_dynasr" in sys.modules
+        print(json.dumps(out))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info.pop("hf_dynasr_imported") is False
+    assert all(mod.startswith("transformers_modules") for mod in info.values()), info
+    with torch.no_grad():
+        for key, name in (("small", "small"), ("mid", "mid"), ("lazy-small", "small")):
+            want = model(x, mask, subnet=name).logits.numpy()
+            assert np.abs(np.load(tmp_path / f"{key}.npy") - want).max() <= 1e-4
+
+
+def test_onnx_matches_pytorch(supernet, export):
+    import onnxruntime
+
+    _, model = supernet
+    out, _ = export
+    extracted = model.extract_subnet("mid").eval()
+    session = onnxruntime.InferenceSession(str(out / "mid" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch, frames in ((1, 90), (3, 333)):  # other batch and time sizes than at export
+        x, mask = _features(batch, frames, seed=frames)
+        got = session.run(None, {"input_features": x.numpy(), "attention_mask": mask.numpy()})[0]
+        with torch.no_grad():
+            want = extracted(x, mask).logits.numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+
+
+def test_export_refuses_non_empty_output(supernet, tmp_path):
+    from hf_dynasr.hub import export_subnets
+
+    path, _ = supernet
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_subnets(path, out, sizes=["small"], include_supernet=False)
+    folders = export_subnets(path, out, sizes="small", include_supernet=False, overwrite=True)
+    assert set(folders) == {"small"} and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # temp and backup folders are gone
+    with pytest.raises(ValueError, match=r"unknown size.*'tiny'.*available: (mid, small|small, mid)"):
+        export_subnets(path, tmp_path / "other", sizes=["tiny"])
+
+
+# --- model cards ------------------------------------------------------------------------------------------
+
+
+def test_model_cards(export):
+    from huggingface_hub import ModelCard
+
+    out, _ = export
+    card = ModelCard.load(out / "supernet" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["pipeline_tag"] == "automatic-speech-recognition"
+    assert set(data["tags"]) >= {"hf_dynasr", "ctc", "conformer", "supernet", "automatic-speech-recognition"}
+    metrics = data["model-index"][0]["results"][0]["metrics"]
+    for size in ("small", "mid", "full"):
+        assert {m["type"] for m in metrics if m["config"] == size} == {"wer", "cer"}
+    assert data["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+    text = card.text
+    assert 'subnet="small"' in text and 'pipeline("automatic-speech-recognition"' in text
+    assert "![WER vs parameters" in text and (out / "supernet" / "pareto.png").is_file()
+    assert "OCLR, 10 epochs" in text and "b0.ffn1.c0" in text
+    for size in ("small", "mid"):
+        size_card = ModelCard.load(out / size / "README.md")
+        entries = size_card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
+        assert {(m["type"], m["config"]) for m in entries} == {("wer", size), ("cer", size)}
+        assert "model.onnx" in size_card.text
+    for folder in out.iterdir():
+        for file in folder.rglob("*") if folder.is_dir() else [folder]:
+            if file.is_file() and file.suffix in (".md", ".json"):
+                assert TOKEN not in file.read_text(), file
+
+
+# --- push -------------------------------------------------------------------------------------------------
+
+
+def test_push_dry_run_lists_files_without_network(export, capsys):
+    from hf_dynasr.hub import push_to_hub
+
+    out, _ = export
+    with FakeHub() as hub:
+        report = push_to_hub(out, "org/asr", dry_run=True, token=TOKEN, endpoint=hub.url)
+        assert _load_script("push_to_hub").main(["--checkpoint", str(out), "--repo", "org/asr", "--dry-run",
+                                                 "--token", TOKEN, "--endpoint", hub.url]) == 0
+        assert hub.requests == []
+    assert [(r["repo_id"], r["revision"]) for r in report] == [("org/asr", None), ("org/asr-mid", None),
+                                                               ("org/asr-small", None)]
+    files = dict(report[2]["files"])
+    assert files["model.safetensors"] == (out / "small" / "model.safetensors").stat().st_size
+    assert {"README.md", "config.json", "model.onnx", "vocab.json"} <= set(files)
+    printed = capsys.readouterr()
+    assert "org/asr-small @ main" in printed.out and "model.safetensors" in printed.out
+    assert TOKEN not in printed.out + printed.err
+
+
+def test_push_offline_is_immediate_and_clear(export, capsys):
+    from huggingface_hub import constants
+
+    from hf_dynasr.hub import HubPushError, push_to_hub
+
+    out, _ = export
+    assert constants.HF_HUB_OFFLINE  # conftest forces offline mode
+    start = time.perf_counter()
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
+        push_to_hub(out, "org/asr", token=TOKEN)
+    assert _load_script("push_to_hub").main(["--checkpoint", str(out), "--repo", "org/asr", "--token", TOKEN]) == 1
+    assert time.perf_counter() - start < 10
+    printed = capsys.readouterr()
+    assert "HF_HUB_OFFLINE" in printed.err and "--dry-run" in printed.err
+    assert TOKEN not in printed.out + printed.err
+
+
+def test_push_unreachable_endpoint_is_clear(export, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from hf_dynasr.hub import HubPushError, push_to_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there
+    out, _ = export
+    with pytest.raises(HubPushError, match="cannot reach") as err:
+        push_to_hub(out, "org/asr", token=TOKEN, endpoint=f"http://127.0.0.1:{port}")
+    assert TOKEN not in str(err.value)
+
+
+def test_push_branches_to_fake_hub(export, monkeypatch):
+    from huggingface_hub import constants
+
+    from hf_dynasr.hub import push_to_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    out, _ = export
+    with FakeHub() as hub:
+        report = push_to_hub(out, "org/asr", layout="branches", token=TOKEN, endpoint=hub.url)
+        assert list(hub.repos) == ["org/asr"]
+        assert {"main", "small", "mid"} <= set(hub.repos["org/asr"]["branches"])
+        small = hub.files("org/asr", "small")
+        assert small["model.safetensors"] == (out / "small" / "model.safetensors").read_bytes()
+        assert 'revision="small"' in small["README.md"].decode()
+        assert "subnet_dynasr.py" in hub.files("org/asr", "main")
+    assert all(r["commit_url"] for r in report)
+
+
+def test_push_script_to_fake_hub(export, tmp_path):
+    """The CLI in a fresh process (HF_ENDPOINT = the fake server): repos created, files uploaded, no token shown."""
+    out, _ = export
+    with FakeHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), "--checkpoint",
+                               str(out), "--repo", "org/asr", "--private", "--token", TOKEN],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert TOKEN not in proc.stdout + proc.stderr
+        assert set(hub.repos) == {"org/asr", "org/asr-small", "org/asr-mid"}
+        assert all(repo["private"] for repo in hub.repos.values())
+        for repo_id, folder in (("org/asr", "supernet"), ("org/asr-small", "small"), ("org/asr-mid", "mid")):
+            files = hub.files(repo_id)
+            expected = {p.relative_to(out / folder).as_posix() for p in (out / folder).rglob("*") if p.is_file()}
+            assert set(files) == expected
+            assert files["model.safetensors"] == (out / folder / "model.safetensors").read_bytes()
+            card = files["README.md"].decode()
+            assert TOKEN not in card and f"# {repo_id.split('/')[1]}" in card
+        assert 'from_pretrained("org/asr-small"' in hub.files("org/asr-small")["README.md"].decode()
+        assert f"Bearer {TOKEN}" in hub.auth_headers  # the token reached the server, and only there
+
+
+# --- lazy loading -----------------------------------------------------------------------------------------
+
+
+class _SliceSpy:
+    """Wraps safe_open to record every tensor read through get_slice and the bytes it returned."""
+
+    def __init__(self, monkeypatch):
+        import hf_dynasr.lazy_loading as lazy
+
+        self.keys, self.bytes = [], 0
+        real = lazy.safe_open
+        spy = self
+
+        class Slice:
+            def __init__(self, inner, key):
+                self.inner, self.key = inner, key
+
+            def get_shape(self):
+                return self.inner.get_shape()
+
+            def __getitem__(self, item):
+                out = self.inner[item]
+                spy.bytes += out.numel() * out.element_size()
+                spy.keys.append(self.key)
+                return out
+
+        class Handle:
+            def __init__(self, *args, **kwargs):
+                self.inner = real(*args, **kwargs)
+
+            def keys(self):
+                return self.inner.keys()
+
+            def get_slice(self, key):
+                return Slice(self.inner.get_slice(key), key)
+
+        monkeypatch.setattr(lazy, "safe_open", Handle)
+
+
+def test_lazy_load_reads_only_what_the_size_needs(supernet, monkeypatch):
+    from hf_dynasr import DynaSRForCTC
+
+    path, model = supernet
+    spy = _SliceSpy(monkeypatch)
+    lazy = DynaSRForCTC.from_pretrained(path, subnet="small")
+    extracted = model.extract_subnet("small").eval()
+    x, mask = _features()
+    with torch.no_grad():
+        assert torch.equal(lazy(x, mask).logits, extracted(x, mask).logits)
+    needed = sum(t.numel() * t.element_size() for t in extracted.state_dict().values())
+    assert spy.bytes == needed < 0.6 * (path / "model.safetensors").stat().st_size
+    assert not any(k.startswith("subnet_heads.mid") or k == "lm_head.weight" for k in spy.keys)
+    assert any(k.startswith("subnet_heads.small") for k in spy.keys)
+    assert "dynasr.layers.0.conv.pointwise_in.weight" not in spy.keys  # block 0 conv is not in "small"
+    assert lazy.config.active_subnet == "small" and not lazy.training
+    half = DynaSRForCTC.from_pretrained(path, subnet="small", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+
+
+def test_lazy_load_sharded_checkpoint(supernet, tmp_path):
+    from hf_dynasr import DynaSRForCTC
+
+    _, model = supernet
+    model.save_pretrained(tmp_path, max_shard_size="150KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    lazy = DynaSRForCTC.from_pretrained(tmp_path, subnet="mid")
+    assert hasattr(lazy, "_dynasr_lazy_load")
+    x, mask = _features()
+    with torch.no_grad():
+        assert torch.equal(lazy(x, mask).logits, model.extract_subnet("mid")(x, mask).logits)
+
+
+def test_lazy_load_errors(supernet, tmp_path):
+    from hf_dynasr import DynaSRForCTC
+    from hf_dynasr.lazy_loading import CheckpointFormatError, runs
+
+    path, model = supernet
+    assert runs([0, 1, 2, 7, 8, 3]) == [(0, 3), (7, 9), (3, 4)]
+    with pytest.raises(ValueError, match=r"unknown subnet 'huge'; available: (mid, small|small, mid), full"):
+        DynaSRForCTC.from_pretrained(path, subnet="huge")
+
+    broken = tmp_path / "truncated"
+    shutil.copytree(path, broken)
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(OSError, match="truncated or corrupted") as err:
+        DynaSRForCTC.from_pretrained(broken, subnet="small")
+    assert str(weights) in str(err.value)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(path / "config.json", pickled / "config.json")
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(CheckpointFormatError, match="pickle"):
+        DynaSRForCTC.from_pretrained(pickled, subnet="small")
+
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(path, mismatch)
+    config = json.loads((mismatch / "config.json").read_text())
+    config["architecture_spec"][1]["ffn2"] = 96
+    (mismatch / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"dynasr\.layers\.1\.ffn2\.linear_in\.weight.*\[128, 64\].*\[96, 64\]"):
+        DynaSRForCTC.from_pretrained(mismatch, subnet="small")
+
+
+# --- pick_subnet ------------------------------------------------------------------------------------------
+
+
+def test_pick_subnet(supernet, tmp_path):
+    from hf_dynasr.budget import pick_subnet
+
+    path, model = supernet
+    small, mid = (model.config.subnets[n] for n in ("small", "mid"))
+    assert pick_subnet(path, max_params=mid["num_parameters"] - 1) == "small"
+    assert pick_subnet(path, max_params=mid["num_parameters"]) == "mid"
+    assert pick_subnet(model, max_params=1e9) == "full"
+    assert pick_subnet(path, max_flops=mid["flops"] + 1) == "mid"
+    assert pick_subnet(path, max_params=1e9, max_flops=small["flops"]) == "small"
+    with pytest.raises(ValueError, match=r"smallest size is 'small'.*parameters 72\.33k"):
+        pick_subnet(path, max_params=1000)
+    with pytest.raises(FileNotFoundError, match="--latency-table"):
+        pick_subnet(path, max_latency_ms=100)
+
+    timed = tmp_path / "timed"
+    shutil.copytree(path, timed)
+    (timed / "latency_table.json").write_text(json.dumps({"sizes": {
+        "small": {"latency_ms": 10.0}, "mid": {"latency_ms": 20.0}, "full": {"latency_ms": 40.0}}}))
+    assert pick_subnet(timed, max_latency_ms=25) == "mid"
+    assert pick_subnet(timed, max_latency_ms=25, max_params=small["num_parameters"]) == "small"
+    with pytest.raises(ValueError, match=r"'small'.*latency ms 10\.0"):
+        pick_subnet(timed, max_latency_ms=5)
+
+    from hf_dynasr import DynaSRConfig, DynaSRForCTC
+
+    plain = tmp_path / "plain"
+    DynaSRForCTC(DynaSRConfig(**TINY)).save_pretrained(plain)
+    with pytest.raises(ValueError, match="no named subnets"):
+        pick_subnet(plain, max_params=1e9)
