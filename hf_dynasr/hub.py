@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lm_decoding import LM_SUBDIR, copy_lm_dir, lm_summary, read_lm_config
 from .metrics import FULL, LATENCY_TABLE_NAME, format_count, plot_pareto, write_json
 
 logger = logging.getLogger(__name__)
@@ -282,13 +283,14 @@ def render_model_card(
     license: str = "apache-2.0",
     datasets: list[str] | None = None,
     template_path=None,
+    language_model: Mapping | None = None,
 ):
     """The model card (`huggingface_hub.ModelCard`) of the supernet (`size=None`) or of one size.
 
     `supernet_config`: the supernet's config (sizes, specs, costs). `repo_id`: where this card lives;
     `supernet_repo`: the supernet's repo (size cards); `revision`: the branch of a size (branch layout);
     `results`: evaluation results (see `load_results`); `size_refs`: {size: "org/name-40M" or
-    "org/name@40M"} listed on the supernet card."""
+    "org/name@40M"} listed on the supernet card; `language_model`: `lm_decoding.lm_summary` of a shipped LM."""
     import transformers
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -318,7 +320,7 @@ def render_model_card(
         supernet_url=f"https://huggingface.co/{supernet_repo}",
         sizes=names, example_size=next((n for n in names if n != FULL), FULL),
         size_table=_size_table(rows, evals, highlight=size), eval_note=_eval_note(evals),
-        plot_file=plot_file, onnx=onnx,
+        plot_file=plot_file, onnx=onnx, language_model=language_model,
         size_repos=[{"name": k, "ref": f"`{v}`"} for k, v in (size_refs or {}).items()],
         components=_components_section(supernet_config, rows, only=size),
         training=_training_section(training), architecture=_architecture(supernet_config),
@@ -445,6 +447,7 @@ def export_subnets(
     datasets: list[str] | None = None,
     include_supernet: bool = True,
     template_path=None,
+    lm=None,
 ) -> dict[str, str]:
     """Export every size of a supernet checkpoint as its own Transformers checkpoint folder.
 
@@ -452,8 +455,9 @@ def export_subnets(
     weights, config, processor, remote-code files, README.md, and `model.onnx` with `onnx=True`.
     `results`: evaluation results for the cards (paths/dicts); `plot`: a PNG to include (default: drawn
     from `results`, with `baselines`); `training`: training details (default: `training_details.json` or
-    `training_args.json` of the checkpoint). Returns {name: folder}. Refuses a non-empty `output_dir`
-    unless `overwrite`."""
+    `training_args.json` of the checkpoint). `lm`: an LM folder of `scripts/build_lm.py`, copied into each
+    size's `language_model/` (the card says how to decode with it). Returns {name: folder}. Refuses a
+    non-empty `output_dir` unless `overwrite`."""
     from transformers import AutoProcessor
 
     from .modeling_dynasr import DynaSRForCTC
@@ -483,6 +487,9 @@ def export_subnets(
         training = read_training_details(checkpoint) or next((r["training"] for r in evals
                                                                if isinstance(r.get("training"), Mapping)), {})
     training = clean_training_details(training)
+    if lm is not None:
+        read_lm_config(lm)  # fails early, saying what is missing
+    lm_info = lm_summary(lm)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
@@ -510,6 +517,8 @@ def export_subnets(
                 sub.save_pretrained(folder)
                 if onnx:
                     export_onnx(sub, folder / ONNX_FILE)
+                if lm is not None:
+                    copy_lm_dir(lm, folder / LM_SUBDIR)
                 del sub
             processor.save_pretrained(folder)
             if evals:
@@ -527,7 +536,8 @@ def export_subnets(
                 supernet_repo=repo_id, revision=refs.get(name, (None, None))[1] if size else None,
                 results=evals, training=training, plot_file=PLOT_FILE if plot_src is not None else None,
                 size_refs={k: _ref_str(*v) for k, v in refs.items()} if size is None else None,
-                onnx=onnx and size is not None, license=license, datasets=datasets, template_path=template_path)
+                onnx=onnx and size is not None, license=license, datasets=datasets, template_path=template_path,
+                language_model=lm_info if size is not None else None)
             card.save(folder / "README.md")
         _replace_dir(tmp, output_dir)
     except BaseException:
@@ -621,7 +631,8 @@ def plan_push(export_dir, repo_id: str, *, layout: str = "repos", license: str |
             plot_file=PLOT_FILE if (folder / PLOT_FILE).is_file() else None,
             size_refs={k: _ref_str(*v) for k, v in refs.items()} if target.size is None else None,
             onnx=(folder / ONNX_FILE).is_file(), license=license or info.get("license") or "apache-2.0",
-            datasets=info.get("datasets"), template_path=template_path)
+            datasets=info.get("datasets"), template_path=template_path,
+            language_model=lm_summary(folder / LM_SUBDIR))
         ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode("utf-8"))]
         for file in sorted(folder.rglob("*")):
             rel = file.relative_to(folder).as_posix()

@@ -188,8 +188,11 @@ def size_costs(model, name: str) -> dict:
     return {"num_parameters": int(params), "flops": int(flops)}
 
 
-def transcribe_batch(model, feature_extractor, tokenizer, arrays, *, features=None, subnet=None) -> list[str]:
-    """Greedy CTC transcription of a list of 16 kHz arrays (or precomputed `features`)."""
+def transcribe_batch(model, feature_extractor, tokenizer, arrays, *, features=None, subnet=None, decoder=None):
+    """Greedy CTC transcription of a list of 16 kHz arrays (or precomputed `features`).
+
+    With `decoder` (e.g. `hf_dynasr.lm_decoding.LexiconLMDecoder`: `decode(logits, lengths) -> list[str]`),
+    returns `(greedy, decoded)` from the same forward pass."""
     import torch
 
     if features is None:
@@ -202,7 +205,8 @@ def transcribe_batch(model, feature_extractor, tokenizer, arrays, *, features=No
     lengths = model._get_feat_extract_output_lengths(features["attention_mask"].sum(-1))
     frame = torch.arange(ids.shape[1])[None, :]
     ids = ids.masked_fill(frame >= lengths[:, None], model.config.pad_token_id)
-    return tokenizer.batch_decode(ids)
+    greedy = tokenizer.batch_decode(ids)
+    return greedy if decoder is None else (greedy, decoder.decode(logits, lengths))
 
 
 def measure_latency(model, feature_extractor, *, duration_s: float = 10.0, runs: int = 5, warmup: int = 1,
@@ -269,6 +273,7 @@ def evaluate_checkpoint(
     text_column: str = "text",
     audio_column: str = "audio",
     max_samples: int | None = None,
+    decoder=None,
 ) -> dict:
     """Evaluate every size of a supernet checkpoint (or the one size of a per-size checkpoint).
 
@@ -276,7 +281,9 @@ def evaluate_checkpoint(
     with "array") and `text`; `None` skips WER/CER (costs and latency only). Returns a JSON-able dict
     `{"checkpoint", "dataset", "split", "num_utterances", "audio_duration_s", "machine", "reference_duration_s",
     "latency_setup", "sizes": {name: {wer, cer, substitutions, deletions, insertions, hits, num_words,
-    num_parameters, flops, latency_ms, feature_extraction_ms, rtf, ...}}}`, sizes ordered by parameters."""
+    num_parameters, flops, latency_ms, feature_extraction_ms, rtf, ...}}}`, sizes ordered by parameters.
+    `decoder`: also decode with it (e.g. `hf_dynasr.lm_decoding.load_lm_decoder(lm_dir, tokenizer)`) and add
+    `lm_wer`, `lm_cer` and `lm` (all scores + examples) per size, and `lm_decoder` (its settings)."""
     model, processor, path = load_model_and_processor(model_or_dir, processor)
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
     names = size_names(model, subnets)
@@ -297,6 +304,7 @@ def evaluate_checkpoint(
         rate = feature_extractor.sampling_rate
         refs: list[str] = []
         hyps: dict[str, list[str]] = {name: [] for name in names}
+        lm_hyps: dict[str, list[str]] = {name: [] for name in names}
         for start in range(0, n, batch_size):
             rows = dataset[start:min(n, start + batch_size)]
             if not isinstance(rows, Mapping):  # a list of row dicts
@@ -308,12 +316,22 @@ def evaluate_checkpoint(
                                          return_attention_mask=True)
             for name in names:
                 run, subnet_arg = models[name]
-                hyps[name].extend(transcribe_batch(run, feature_extractor, tokenizer, arrays, features=features,
-                                                   subnet=subnet_arg))
+                got = transcribe_batch(run, feature_extractor, tokenizer, arrays, features=features,
+                                       subnet=subnet_arg, decoder=decoder)
+                if decoder is not None:
+                    got, decoded = got
+                    lm_hyps[name].extend(decoded)
+                hyps[name].extend(got)
         out["num_utterances"] = len(refs)
         for name in names:
             sizes[name].update(wer_cer(refs, hyps[name], normalize=normalize))
             sizes[name]["examples"] = [{"reference": r, "prediction": h} for r, h in zip(refs[:3], hyps[name][:3])]
+            if decoder is not None:
+                lm = wer_cer(refs, lm_hyps[name], normalize=normalize)
+                lm["examples"] = [{"reference": r, "prediction": h} for r, h in zip(refs[:3], lm_hyps[name][:3])]
+                sizes[name].update(lm_wer=lm["wer"], lm_cer=lm["cer"], lm=lm)
+        if decoder is not None and hasattr(decoder, "describe"):
+            out["lm_decoder"] = decoder.describe()
     if latency:
         out["latency_setup"] = {"batch_size": 1, "duration_s": latency_duration_s, "runs": latency_runs,
                                 "statistic": "median", "num_threads": out["machine"]["num_threads"]}
@@ -386,16 +404,19 @@ def results_markdown(results: Mapping) -> str:
     """A markdown table of sizes: params, FLOPs, WER, CER, latency, RTF."""
     duration = results.get("reference_duration_s", 10.0)
     latency_s = (results.get("latency_setup") or {}).get("duration_s", 10.0)
+    has_lm = any("lm_wer" in s for s in results["sizes"].values())
     lines = [
-        f"| size | params | FLOPs ({duration:g} s) | WER % | CER % | latency ms (batch 1, {latency_s:g} s) | RTF |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| size | params | FLOPs ({duration:g} s) | WER % | CER % |{' LM WER % | LM CER % |' if has_lm else ''} "
+        f"latency ms (batch 1, {latency_s:g} s) | RTF |",
+        "|---|---:|---:|---:|---:|" + ("---:|---:|" if has_lm else "") + "---:|---:|",
     ]
     for name, s in results["sizes"].items():
         lat = s.get("latency_ms")
         rtf = s.get("rtf")
+        lm = f" {_pct(s.get('lm_wer'))} | {_pct(s.get('lm_cer'))} |" if has_lm else ""
         lines.append(
             f"| {name} | {format_count(s.get('num_parameters'))} | {format_count(s.get('flops'))} | "
-            f"{_pct(s.get('wer'))} | {_pct(s.get('cer'))} | {'-' if lat is None else f'{lat:.1f}'} | "
+            f"{_pct(s.get('wer'))} | {_pct(s.get('cer'))} |{lm} {'-' if lat is None else f'{lat:.1f}'} | "
             f"{'-' if rtf is None else f'{rtf:.4f}'} |"
         )
     head = []

@@ -4,6 +4,7 @@
     python scripts/evaluate.py --checkpoint ckpt --data audiofolder:data/synth --split test
     python scripts/evaluate.py --checkpoint ckpt --audio_dir data/synth/test --subnets small,full
     python scripts/evaluate.py --checkpoint ckpt --latency-table          # writes ckpt/latency_table.json
+    python scripts/evaluate.py --checkpoint ckpt --data audiofolder:data/synth --lm lm   # + LM beam search WER
 
 Writes OUTPUT_DIR/results.json, results.md (a markdown table) and pareto.png (WER vs params and vs FLOPs;
 --baselines JSON adds individually trained models: {name: {num_parameters, flops, wer}}).
@@ -35,6 +36,11 @@ def parse_args(argv=None):
     p.add_argument("--no_normalize", action="store_true", help="score raw text (default: normalised)")
     p.add_argument("--baselines", help="JSON of individually trained baselines to draw on the Pareto plot")
     p.add_argument("--output_dir", default=None, help="where to write results (default: the checkpoint dir)")
+    p.add_argument("--lm", default=None, help="LM folder of scripts/build_lm.py: also report lexicon + n-gram LM "
+                   "beam search WER per size (needs pip install flashlight-text)")
+    p.add_argument("--lm_weight", type=float, default=None, help="LM weight (default: the LM folder's)")
+    p.add_argument("--word_score", type=float, default=None, help="per-word score (default: the LM folder's)")
+    p.add_argument("--beam_size", type=int, default=None, help="beam size (default: the LM folder's)")
     return p.parse_args(argv)
 
 
@@ -63,13 +69,25 @@ def main(argv=None) -> int:
 
     from hf_dynasr.data import load_speech_dataset  # lazy: pulls in datasets/soundfile
 
+    decoder = None
+    if args.lm:
+        from transformers import AutoProcessor
+
+        from hf_dynasr.lm_decoding import load_lm_decoder
+
+        try:
+            decoder = load_lm_decoder(args.lm, AutoProcessor.from_pretrained(args.checkpoint).tokenizer,
+                                      lm_weight=args.lm_weight, word_score=args.word_score, beam_size=args.beam_size)
+        except (ImportError, OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     spec = args.data if args.data else f"audiofolder:{args.audio_dir}"
     dataset = load_speech_dataset(spec, split=args.split)
     results = evaluate_checkpoint(
         args.checkpoint, dataset, subnets=args.subnets, batch_size=args.batch_size,
         normalize=not args.no_normalize, latency=args.latency_runs > 0, latency_runs=args.latency_runs,
         num_threads=args.num_threads, dataset_name=args.data or args.audio_dir, split=args.split,
-        max_samples=args.max_samples,
+        max_samples=args.max_samples, decoder=decoder,
     )
     out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
     os.makedirs(out, exist_ok=True)
@@ -79,6 +97,9 @@ def main(argv=None) -> int:
         f.write(table)
     plot_pareto(results, os.path.join(out, "pareto.png"), baselines=args.baselines)
     print(table)
+    if decoder is not None:
+        print(f"LM beam search: {decoder.decode_seconds:.2f} s for {decoder.decoded_frames} output frames "
+              f"(all sizes), lm_weight={decoder.options['lm_weight']}, word_score={decoder.options['word_score']}")
     print(f"wrote {os.path.join(out, 'results.json')}, results.md, pareto.png")
     return 0
 

@@ -2,6 +2,7 @@
 """Export every size of an hf_dynasr supernet as its own Transformers checkpoint (plus the supernet).
 
     python scripts/export_subnets.py --checkpoint ckpt --output_dir export --results results.json --onnx
+    python scripts/export_subnets.py --checkpoint ckpt --output_dir export --lm lm   # ship an n-gram LM per size
 
 Writes OUTPUT_DIR/<size>/ (compact weights, config with the size's spec and active_subnet, processor,
 README.md model card, model.onnx with --onnx) and OUTPUT_DIR/supernet/, atomically. An existing non-empty
@@ -28,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--datasets", nargs="*", default=None, help="Hub dataset ids for the card metadata")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx per size")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    p.add_argument("--lm", default=None, help="LM folder of scripts/build_lm.py to copy into each size's "
+                   "language_model/")
     return p.parse_args(argv)
 
 
@@ -43,9 +46,9 @@ def main(argv=None) -> int:
         folders = export_subnets(
             args.checkpoint, args.output_dir, sizes=args.sizes, results=args.results, training=training,
             plot=args.plot, baselines=args.baselines, onnx=args.onnx, overwrite=args.overwrite, repo_id=args.repo,
-            layout=args.layout, license=args.license, datasets=args.datasets,
+            layout=args.layout, license=args.license, datasets=args.datasets, lm=args.lm,
         )
-    except (FileExistsError, ValueError) as err:
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, folder in folders.items():
