@@ -9,6 +9,7 @@ its `.tmp-` prefix and is ignored (and cleaned) by the next run.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,19 +40,42 @@ def resolve_checkpoint(checkpoint_dir: str, spec: str) -> str:
     return spec
 
 
-def save_checkpoint(accelerator, checkpoint_dir: str, step: int, state: dict, config, keep_last: int) -> str:
-    """Atomically write checkpoint `step_<step>` and keep only the newest `keep_last`. Call on all ranks."""
+def save_checkpoint(accelerator, checkpoint_dir: str, step: int, state: dict, config, keep_last: int,
+                    before_rename=None) -> str:
+    """Atomically write checkpoint `step_<step>` and keep only the newest `keep_last`. Call on all ranks.
+
+    A failure while writing (a full disk, a kill) never touches the previous checkpoints: the temporary
+    folder is removed and the error re-raised; ENOSPC becomes `OSError(ENOSPC, "disk full while writing
+    checkpoint <folder> ...")`. `before_rename()`, if given, runs on the main process once everything is in
+    the temporary folder (a test hook: train.py's HF_DYNASR_TEST_KILL_AT=checkpoint:N kills the run there).
+    """
     final = os.path.join(checkpoint_dir, f"step_{step}")
     tmp = os.path.join(checkpoint_dir, f".tmp-step_{step}")
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            config.to_json_file(os.path.join(tmp, "config.json"))
+            write_json(os.path.join(tmp, "trainer_state.json"), state)
+            if before_rename is not None:
+                before_rename()
+    except Exception as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(err):
+            previous = list_checkpoints(checkpoint_dir)
+            raise OSError(
+                errno.ENOSPC,
+                f"disk full while writing checkpoint {tmp} (removed; "
+                + (f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint")
+                + "). Free space, or lower --save_total_limit, then resume with --resume_from_checkpoint latest",
+            ) from err
+        raise
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        config.to_json_file(os.path.join(tmp, "config.json"))
-        write_json(os.path.join(tmp, "trainer_state.json"), state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(checkpoint_dir)[:-keep_last] if keep_last > 0 else []:
@@ -61,6 +85,17 @@ def save_checkpoint(accelerator, checkpoint_dir: str, step: int, state: dict, co
                 shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC anywhere in the cause chain (torch.save and safetensors wrap the OSError in their own errors)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def write_json(path: str, data) -> None:

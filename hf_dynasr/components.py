@@ -1,10 +1,10 @@
 """The component index: the one abstraction the three selection methods share (architecture.md).
 
 A component is a prunable piece of one module of one block: a chunk of FFN hidden units, one attention
-head, a chunk of conv channels, or a whole module (module-wise granularity, paper 1). Soft gates over
-components scale their outputs (training); a binary mask over components removes them (inference,
-extraction). Ids are positions in the index, which is fully determined by the config's
-`architecture_spec`, `granularity`, `conv_granularity` and chunk sizes.
+head, a chunk of conv channels, a chunk of cgMLP units (E-Branchformer), or a whole module (module-wise
+granularity, paper 1). Soft gates over components scale their outputs (training); a binary mask over
+components removes them (inference, extraction). Ids are positions in the index, which is fully
+determined by the config's `block_type`, `architecture_spec`, `granularity`, `conv_granularity` and chunk sizes.
 
 This file is imported by the config, so it must not import torch-heavy modelling code.
 """
@@ -14,10 +14,36 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-#: Module order inside a block: FFN1, MHSA, Conv, FFN2 (i6 ConformerBlockV1 order, methods.md A.2).
-MODULE_NAMES = ("ffn1", "mhsa", "conv", "ffn2")
-#: Residual scale of each module (macaron FFNs at 0.5).
+#: Prunable modules of each block type, in component-index order; a block's spec has exactly these keys.
+#: Conformer: FFN1, MHSA, Conv, FFN2 (i6 ConformerBlockV1 order, methods.md A.2). E-Branchformer: FFN1, the
+#: two parallel branches MHSA (global) and cgMLP (local), FFN2 (its branch merge is not prunable: "rest").
+BLOCK_MODULES = {
+    "conformer": ("ffn1", "mhsa", "conv", "ffn2"),
+    "ebranchformer": ("ffn1", "mhsa", "cgmlp", "ffn2"),
+}
+#: Every module name of every block type, ordered so that each block type's order is a subsequence. Generic
+#: code may loop over it: a `BlockSpec` reads 0 (absent) for the modules its block type does not have.
+MODULE_NAMES = ("ffn1", "mhsa", "conv", "cgmlp", "ffn2")
+#: Residual scale of the modules a Conformer block adds one by one (macaron FFNs at 0.5).
 RESIDUAL_SCALE = {"ffn1": 0.5, "mhsa": 1.0, "conv": 1.0, "ffn2": 0.5}
+
+
+def module_names(config_or_block_type) -> tuple[str, ...]:
+    """The prunable modules of a block type (or of a config's `block_type`), in component-index order."""
+    block_type = getattr(config_or_block_type, "block_type", config_or_block_type)
+    return BLOCK_MODULES[block_type]
+
+
+class BlockSpec(dict):
+    """One block of an architecture spec: module name -> size (0 = absent). It holds exactly its block
+    type's keys (so config.json shows them) and reads 0 for the other names in `MODULE_NAMES` (an
+    E-Branchformer block has no "conv", a Conformer block no "cgmlp"), so code that loops over all module
+    names works for every block type. It serialises as a plain dict."""
+
+    def __missing__(self, key):
+        if key in MODULE_NAMES:
+            return 0
+        raise KeyError(key)
 
 
 @dataclass(frozen=True)
@@ -29,7 +55,7 @@ class Component:
     name: str
     block: int
     module: str
-    kind: str  # "module" | "ffn_chunk" | "head" | "conv_chunk"
+    kind: str  # "module" | "ffn_chunk" | "head" | "conv_chunk" | "cgmlp_chunk"
     start: int
     stop: int
 
@@ -42,13 +68,18 @@ def _unit_step(config, module: str) -> int:
         return config.ffn_chunk_size
     if module == "mhsa":
         return 1
+    if module == "cgmlp":  # chunked like the FFNs; `conv_granularity` concerns the Conformer conv only
+        return config.cgmlp_chunk_size
     return config.conv_chunk_size if config.conv_granularity == "chunk" else 0
+
+
+_KINDS = {"ffn1": "ffn_chunk", "ffn2": "ffn_chunk", "mhsa": "head", "conv": "conv_chunk", "cgmlp": "cgmlp_chunk"}
 
 
 def _iter_components(config):
     cid = 0
     for b, block in enumerate(config.architecture_spec):
-        for module in MODULE_NAMES:
+        for module in module_names(config):
             size = block[module]
             if size == 0:
                 continue
@@ -57,7 +88,7 @@ def _iter_components(config):
                 yield Component(cid, f"b{b}.{module}", b, module, "module", 0, size)
                 cid += 1
                 continue
-            kind = {"ffn1": "ffn_chunk", "ffn2": "ffn_chunk", "mhsa": "head", "conv": "conv_chunk"}[module]
+            kind = _KINDS[module]
             for j, start in enumerate(range(0, size, step)):
                 tag = "h" if module == "mhsa" else "c"
                 yield Component(cid, f"b{b}.{module}.{tag}{j}", b, module, kind, start, start + step)
@@ -110,7 +141,7 @@ class ComponentIndex(Sequence):
         """The architecture spec of the subnet that keeps `keep_ids` (sizes = kept units, 0 = module gone)."""
         kept = self.kept_units(keep_ids)
         return [
-            {module: len(kept.get((b, module), ())) for module in MODULE_NAMES}
+            BlockSpec({module: len(kept.get((b, module), ())) for module in module_names(config)})
             for b in range(len(config.architecture_spec))
         ]
 
@@ -119,6 +150,7 @@ class ComponentIndex(Sequence):
 
 
 # --- parameter costs (exact, from the module definitions in conformer_dynasr.py) ----------------------
+# The E-Branchformer branch merge (ebranchformer_dynasr.py) has no unit: it is part of the "rest".
 
 
 def module_unit_params(config, module: str) -> int:
@@ -128,7 +160,8 @@ def module_unit_params(config, module: str) -> int:
         return d + 1 + d
     if module == "mhsa":  # q, k, v rows + biases and out_proj columns of one head
         return config.head_dim * (3 * (d + 1) + d)
-    # conv: 2 rows of pointwise_in (GLU) + biases, depthwise kernel + bias, norm weight + bias, pointwise_out column
+    # conv: 2 rows of pointwise_in (GLU) + biases, depthwise kernel + bias, norm weight + bias, pointwise_out column;
+    # cgmlp: the same shapes (linear_in value + gate rows, the gate's norm and depthwise conv, linear_out column)
     return 2 * (d + 1) + (config.conv_kernel_size + 1) + 2 + d
 
 

@@ -11,10 +11,10 @@ import re
 
 from transformers import PretrainedConfig
 
-from .components import MODULE_NAMES, count_components
+from .components import BLOCK_MODULES, BlockSpec, count_components, module_names
 
 SUBNETS_SCHEMA_VERSION = 1
-BLOCK_TYPES = ("conformer",)
+BLOCK_TYPES = tuple(BLOCK_MODULES)  # ("conformer", "ebranchformer")
 FRONTEND_TYPES = ("vgg4x", "conv2d4x")
 GRANULARITIES = ("module", "component")
 CONV_GRANULARITIES = ("module", "chunk")
@@ -36,7 +36,9 @@ class DynaSRConfig(PretrainedConfig):
         intermediate_size (`int`, defaults to 2048): nominal FFN hidden units.
         conv_channels (`int`, *optional*): nominal channels of the conv module; `None` = `hidden_size`.
         conv_kernel_size (`int`, defaults to 31): depthwise conv kernel (odd).
-        block_type (`str`, defaults to `"conformer"`): one of `"conformer"`.
+        block_type (`str`, defaults to `"conformer"`): `"conformer"` (FFN1, MHSA, Conv, FFN2) or `"ebranchformer"`
+            (E-Branchformer, Kim et al. 2022: FFN1, then MHSA and cgMLP in parallel merged by a depthwise conv and
+            Linear(2d, d), then FFN2; paper 3's TED-LIUM model). The block type fixes the spec keys.
         frontend_type (`str`, defaults to `"vgg4x"`): `"vgg4x"` (the papers' VGG 4-layer frontend, 4x time
             subsampling) or `"conv2d4x"` (two strided convs, the second depthwise-separable; much cheaper
             on CPU). Both give `frames // 4` output frames.
@@ -47,8 +49,9 @@ class DynaSRConfig(PretrainedConfig):
         final_dropout (`float`, defaults to 0.0): dropout before the CTC output layers.
         layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
         architecture_spec (`list[dict]`, *optional*): per block `{"ffn1": units, "mhsa": heads, "conv":
-            channels, "ffn2": units}`; 0 removes the module. `None` = uniform nominal sizes. FFN sizes must
-            be multiples of `ffn_chunk_size`, conv sizes multiples of `conv_chunk_size`.
+            channels, "ffn2": units}` (Conformer) or `{"ffn1", "mhsa", "cgmlp": units, "ffn2"}` (E-Branchformer);
+            0 removes the module. `None` = uniform nominal sizes. FFN sizes must be multiples of `ffn_chunk_size`,
+            conv sizes of `conv_chunk_size`, cgMLP sizes of `cgmlp_chunk_size`.
         ffn_chunk_size (`int`, *optional*): FFN hidden units per component; `None` = `intermediate_size // 4`.
         conv_chunk_size (`int`, *optional*): conv channels per chunk; `None` = `conv_channels // 4`. The conv
             module's LayerNorm normalises each chunk separately, so removing a chunk does not change the
@@ -58,6 +61,14 @@ class DynaSRConfig(PretrainedConfig):
             component or chunks (paper 2 / paper 3).
         conv_granularity (`str`, defaults to `"module"`): with `granularity="component"`, the conv module is
             one component (`"module"`, paper 2) or `conv_channels / conv_chunk_size` chunks (`"chunk"`, DMAO).
+            The cgMLP branch is always chunked at component granularity (like the FFNs).
+        cgmlp_intermediate_size (`int`, *optional*): E-Branchformer only: output width of the cgMLP's first linear
+            layer, `2U` (values and gates, ESPnet's `cgmlp_linear_units`; the paper's "cgMLP 3072" for d=512). Must
+            be even. The nominal cgMLP size in the spec is `U = cgmlp_intermediate_size // 2` gating units.
+            `None` = 1.5 x `intermediate_size`, made even (3072 for FFN 2048, 2304 for FFN 1536, as in paper 3;
+            its per-chunk cost matches methods.md A.4: 384 units x 1572 params = 603,648 vs 604,032 there).
+        cgmlp_chunk_size (`int`, *optional*): cgMLP units per component; `None` = nominal units // 4 (4 chunks per
+            block, methods.md A.4). The cgMLP's LayerNorm normalises each chunk separately, like the conv module's.
         subnets (`dict`, *optional*): named sizes, `name -> {"components": [ids] or None, "criterion":
             "params" | "flops" | "manual", "target": float | None, "num_parameters": int, "flops": int}`.
             Component ids index the component index of this config. Subnets of a supernet are nested.
@@ -90,6 +101,8 @@ class DynaSRConfig(PretrainedConfig):
     conv_channels: int | None = None
     conv_kernel_size: int = 31
     block_type: str = "conformer"
+    cgmlp_intermediate_size: int | None = None
+    cgmlp_chunk_size: int | None = None
     frontend_type: str = "vgg4x"
     frontend_channels: int = 64
     hidden_dropout: float = 0.1
@@ -126,16 +139,20 @@ class DynaSRConfig(PretrainedConfig):
             self.ffn_chunk_size = max(1, self.intermediate_size // 4)
         if self.conv_chunk_size is None:
             self.conv_chunk_size = max(1, self.conv_channels // 4)
+        if self.cgmlp_intermediate_size is None:
+            self.cgmlp_intermediate_size = 2 * max(1, self.intermediate_size * 3 // 4)
+        if self.cgmlp_chunk_size is None:
+            self.cgmlp_chunk_size = max(1, self.cgmlp_intermediate_size // 2 // 4)
         if self.architecture_spec is None:
             nominal = {
                 "ffn1": self.intermediate_size,
                 "mhsa": self.num_attention_heads,
                 "conv": self.conv_channels,
+                "cgmlp": self.cgmlp_intermediate_size // 2,
                 "ffn2": self.intermediate_size,
             }
-            self.architecture_spec = [dict(nominal) for _ in range(self.num_hidden_layers)]
-        else:
-            self.architecture_spec = [dict(block) for block in self.architecture_spec]
+            names = module_names(self.block_type) if self.block_type in BLOCK_MODULES else BLOCK_MODULES["conformer"]
+            self.architecture_spec = [{m: nominal[m] for m in names} for _ in range(self.num_hidden_layers)]
         self.subnets = {name: dict(entry) for name, entry in (self.subnets or {}).items()}
         self._validate()
         super().__post_init__(**kwargs)
@@ -167,7 +184,7 @@ class DynaSRConfig(PretrainedConfig):
         _choice("ctc_loss_reduction", self.ctc_loss_reduction, ("mean", "sum"))
         for name in ("vocab_size", "num_mel_bins", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "conv_channels", "ffn_chunk_size", "conv_chunk_size", "frontend_channels",
-                     "sampling_rate", "hop_length"):
+                     "sampling_rate", "hop_length", "cgmlp_intermediate_size", "cgmlp_chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
@@ -176,6 +193,10 @@ class DynaSRConfig(PretrainedConfig):
                 f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}; "
                 f"choose heads from the divisors of {self.hidden_size}, e.g. "
                 f"{[h for h in range(1, 17) if self.hidden_size % h == 0]}"
+            )
+        if self.cgmlp_intermediate_size % 2:
+            raise ValueError(
+                f"cgmlp_intermediate_size={self.cgmlp_intermediate_size} must be even (value and gate halves of 2U)"
             )
         if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd and positive; got {self.conv_kernel_size}")
@@ -188,25 +209,35 @@ class DynaSRConfig(PretrainedConfig):
         self._validate_subnets()
 
     def _validate_spec(self) -> None:
+        """Check the spec against the block type and chunk sizes; normalises its blocks to `BlockSpec`
+        (also after code such as DMAO or extraction assigns a new spec of plain dicts)."""
         spec = self.architecture_spec
+        names = module_names(self.block_type)
         if len(spec) != self.num_hidden_layers:
             raise ValueError(
                 f"architecture_spec has {len(spec)} blocks but num_hidden_layers={self.num_hidden_layers}; "
-                "give one {'ffn1', 'mhsa', 'conv', 'ffn2'} entry per block"
+                f"give one {{{', '.join(map(repr, names))}}} entry per block"
             )
-        multiples = {"ffn1": self.ffn_chunk_size, "ffn2": self.ffn_chunk_size, "conv": self.conv_chunk_size, "mhsa": 1}
+        multiples = {"ffn1": self.ffn_chunk_size, "ffn2": self.ffn_chunk_size, "conv": self.conv_chunk_size,
+                     "cgmlp": self.cgmlp_chunk_size, "mhsa": 1}
+        chunk_field = {"ffn1": "ffn_chunk_size", "ffn2": "ffn_chunk_size", "conv": "conv_chunk_size",
+                       "cgmlp": "cgmlp_chunk_size"}
         for b, block in enumerate(spec):
-            if not isinstance(block, dict) or set(block) != set(MODULE_NAMES):
+            if not isinstance(block, dict) or set(block) != set(names):
                 got = sorted(block) if isinstance(block, dict) else type(block).__name__
-                raise ValueError(f"architecture_spec[{b}] must have exactly the keys {list(MODULE_NAMES)}; got {got}")
+                raise ValueError(
+                    f"architecture_spec[{b}] must have exactly the keys {list(names)} for "
+                    f"block_type='{self.block_type}'; got {got}"
+                )
             for module, size in block.items():
                 if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                     raise ValueError(f"architecture_spec[{b}]['{module}'] must be an integer >= 0; got {size!r}")
                 if size % multiples[module]:
                     raise ValueError(
                         f"architecture_spec[{b}]['{module}']={size} is not a multiple of its chunk size "
-                        f"{multiples[module]} ({'ffn_chunk_size' if module != 'conv' else 'conv_chunk_size'})"
+                        f"{multiples[module]} ({chunk_field[module]})"
                     )
+        self.architecture_spec = [BlockSpec(block) for block in spec]
 
     def _validate_subnets(self) -> None:
         if self.subnets_schema_version != SUBNETS_SCHEMA_VERSION:

@@ -1,4 +1,5 @@
-"""Conformer parts with component gates (one module type per class, i6_models style).
+"""Conformer and E-Branchformer parts with component gates (one module type per class, i6_models style).
+The E-Branchformer block and its (not prunable) branch merge are in ebranchformer_dynasr.py.
 
 Every prunable module takes a `ModuleRoute`:
 - `keep`: unit indices kept by a binary mask (`None` = all). The module computes with the kept rows and
@@ -13,6 +14,8 @@ Departures from the papers' gating, chosen so that gate 0 equals removal and gat
 - Head: the gate scales the head's output (paper 2 scales Q, K and V, which also sharpens the attention).
 - Conv: the LayerNorm after the depthwise conv normalises each chunk of `conv_chunk_size` channels on its
   own, so a chunk can be removed without changing the others (methods.md A.4 conv chunks).
+- cgMLP (E-Branchformer): likewise, the LayerNorm of its gating unit normalises each chunk of
+  `cgmlp_chunk_size` units on its own.
 """
 
 from __future__ import annotations
@@ -41,6 +44,24 @@ def _gate_units(hidden_states: torch.Tensor, gate: torch.Tensor | None) -> torch
 
 def _rows(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return weight if keep is None else weight.index_select(0, keep)
+
+
+def apply_module(module: nn.Module | None, hidden_states, attention_mask, route: ModuleRoute):
+    """A module's output with its route (kept units, unit gates, module gate); None if absent or skipped."""
+    if module is None or route.skip:
+        return None
+    out = module(hidden_states, attention_mask, route)
+    if route.out_gate is not None:
+        gate = route.out_gate
+        out = out * (gate if gate.dim() == 0 else gate[:, None, None])
+    return out
+
+
+def _chunk_layer_norm(hidden_states, chunk: int, eps: float, weight, bias) -> torch.Tensor:
+    """LayerNorm over each chunk of `chunk` channels of `[B, T, C]` separately, then the affine map."""
+    batch, time, channels = hidden_states.shape
+    grouped = hidden_states.reshape(batch, time, channels // chunk, chunk)
+    return F.layer_norm(grouped, (chunk,), eps=eps).reshape(batch, time, channels) * weight + bias
 
 
 class DynaSRFeedForward(nn.Module):
@@ -166,18 +187,70 @@ class DynaSRConvModule(nn.Module):
             padding=self.depthwise.padding,
             groups=channels,
         ).transpose(1, 2)  # [B, T, C]
-        batch, time, _ = hidden_states.shape
-        grouped = hidden_states.reshape(batch, time, channels // self.chunk, self.chunk)
-        hidden_states = F.layer_norm(grouped, (self.chunk,), eps=self.eps).reshape(batch, time, channels)
-        hidden_states = hidden_states * _rows(self.norm_weight, keep) + _rows(self.norm_bias, keep)
+        hidden_states = _chunk_layer_norm(
+            hidden_states, self.chunk, self.eps, _rows(self.norm_weight, keep), _rows(self.norm_bias, keep)
+        )
         hidden_states = _gate_units(F.silu(hidden_states), route.unit_gate)
         w_out = self.pointwise_out.weight if keep is None else self.pointwise_out.weight.index_select(1, keep)
         return self.dropout(F.linear(hidden_states, w_out, self.pointwise_out.bias))
 
 
+class DynaSRConvolutionalGatingMLP(nn.Module):
+    """cgMLP, the local branch of an E-Branchformer block (Kim et al. 2022; ESPnet ConvolutionalGatingMLP):
+    LN -> Linear(d, 2U) -> GELU -> convolutional spatial gating unit (values = first U channels, gates = last U:
+    chunk-wise LN -> depthwise conv -> dropout on the gates; values * gates) -> Linear(U, d) -> dropout.
+
+    Units: the U gating channels; unit u owns rows u and U + u of `linear_in`, its norm and depthwise channel
+    and column u of `linear_out`, exactly like a conv channel (so the same cost formula and slicing)."""
+
+    @staticmethod
+    def slice_plan(units: torch.Tensor, size: int, config) -> dict:
+        both = torch.cat([units, units + size])
+        plan = {f"linear_in.{t}": (0, both, False) for t in ("weight", "bias")}
+        for name in ("depthwise.weight", "depthwise.bias", "norm_weight", "norm_bias"):
+            plan[name] = (0, units, False)
+        plan["linear_out.weight"] = (1, units, True)
+        return plan
+
+    def __init__(self, config, units: int):
+        super().__init__()
+        self.chunk = config.cgmlp_chunk_size
+        self.eps = config.layer_norm_eps
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.linear_in = nn.Linear(config.hidden_size, 2 * units)  # rows [0, U): values, [U, 2U): gates
+        self.norm_weight = nn.Parameter(torch.ones(units))
+        self.norm_bias = nn.Parameter(torch.zeros(units))
+        self.depthwise = nn.Conv1d(units, units, config.conv_kernel_size, padding=config.conv_kernel_size // 2,
+                                   groups=units)
+        self.linear_out = nn.Linear(units, config.hidden_size)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d]
+        keep = route.keep
+        units = self.depthwise.out_channels if keep is None else keep.numel()
+        both = None if keep is None else torch.cat([keep, keep + self.depthwise.out_channels])
+        hidden_states = self.layer_norm(hidden_states)
+        hidden_states = F.linear(hidden_states, _rows(self.linear_in.weight, both), _rows(self.linear_in.bias, both))
+        values, gates = F.gelu(hidden_states).split(units, dim=-1)  # [B, T, U] each
+        gates = _chunk_layer_norm(
+            gates, self.chunk, self.eps, _rows(self.norm_weight, keep), _rows(self.norm_bias, keep)
+        )
+        gates = gates.masked_fill(~attention_mask[..., None], 0.0)  # padded frames as for a lone utterance
+        gates = F.conv1d(
+            gates.transpose(1, 2), _rows(self.depthwise.weight, keep), _rows(self.depthwise.bias, keep),
+            padding=self.depthwise.padding, groups=units,
+        ).transpose(1, 2)
+        hidden_states = _gate_units(values * self.activation_dropout(gates), route.unit_gate)  # [B, T, U]
+        w_out = self.linear_out.weight if keep is None else self.linear_out.weight.index_select(1, keep)
+        return self.dropout(F.linear(hidden_states, w_out, self.linear_out.bias))
+
+
+#: The prunable module class of each spec key (see components.BLOCK_MODULES).
 MODULE_CLASSES = {
     "ffn1": DynaSRFeedForward,
     "mhsa": DynaSRSelfAttention,
     "conv": DynaSRConvModule,
+    "cgmlp": DynaSRConvolutionalGatingMLP,
     "ffn2": DynaSRFeedForward,
 }

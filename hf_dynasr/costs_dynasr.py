@@ -94,7 +94,8 @@ class _Key:
 
     def __init__(self, config):
         self.config = config
-        self.key = (config.hidden_size, config.num_attention_heads, config.conv_kernel_size, config.conv_chunk_size)
+        self.key = (config.hidden_size, config.num_attention_heads, config.conv_kernel_size, config.conv_chunk_size,
+                    config.cgmlp_chunk_size)
 
     def __hash__(self):
         return hash(self.key)
@@ -107,7 +108,9 @@ def component_costs(config, index: ComponentIndex | None = None) -> ComponentCos
     """Per-component parameters (exact) and FLOPs at the reference duration.
 
     A module's counted FLOPs are linear in its units (matmuls, depthwise conv, attention per head), so a
-    component's FLOPs are its share of units times its module's measured FLOPs."""
+    component's FLOPs are its share of units times its module's measured FLOPs. Parts that are not units
+    (frontend, block LayerNorms, module LayerNorms and output biases, the E-Branchformer merge, CTC head) are
+    the rest: `total - sum(per component)`."""
     index = index or ComponentIndex(config)
     frames = _reference_frames(config) // 4
     key = _Key(config)

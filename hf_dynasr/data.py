@@ -376,9 +376,23 @@ def load_audio(source: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     cannot be decoded. Empty audio gives an empty array (no error).
     """
     data, orig_sr = _read_audio(source)
-    data = np.asarray(data, dtype=np.float32)
+    data = _pcm_to_float(np.asarray(data))
+    if data.ndim == 2 and data.shape[0] < data.shape[1]:  # in-memory arrays may be [channels, samples]
+        data = data.T
     mono = data.mean(axis=1) if data.ndim == 2 else data
     return resample(mono, int(orig_sr), sampling_rate)
+
+
+def _pcm_to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM (an int16 array, or a list of ints from a datasets table) -> float32 in [-1, 1)."""
+    if data.dtype.kind not in "iu":
+        return data.astype(np.float32, copy=False)
+    if data.dtype == np.uint8:  # 8-bit WAV is offset binary
+        return (data.astype(np.float32) - 128.0) / 128.0
+    bits = 8 * data.dtype.itemsize
+    if bits == 64:  # python ints lost their width: 16-bit PCM unless the values need more
+        bits = 16 if data.size == 0 or np.abs(data).max() <= 32768 else 32
+    return (data / float(2 ** (bits - 1))).astype(np.float32)
 
 
 def _read_audio(source: Any) -> tuple[np.ndarray, int]:

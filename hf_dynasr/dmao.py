@@ -1,8 +1,9 @@
 """DMAO grow-and-drop (methods.md A.4, paper 3): move encoder capacity to where it is used, in training.
 
-Units are DMAO's components: FFN chunks, attention heads and conv channel chunks, i.e. the component index
-of the model's config at `granularity="component"`, `conv_granularity="chunk"` (built from a config copy
-if the model uses another granularity; the model's own granularity is not changed).
+Units are DMAO's components: FFN chunks, attention heads, conv channel chunks and (E-Branchformer) cgMLP
+chunks, i.e. the component index of the model's config at `granularity="component"`,
+`conv_granularity="chunk"` (built from a config copy if the model uses another granularity; the model's own
+granularity is not changed).
 
 Training loop contract (the training script wires it):
 
@@ -33,8 +34,10 @@ Departs from A.4 (each on purpose):
 - The optimizer state is carried over (the paper's handling is unknown): see `DMAO.reshape`.
 - `rho` applies per event (the paper's multi-event ablation splits one fraction evenly: pass rho / n).
 - `unit_kinds` restricts which units move; B is then the cost of those units only.
+- cgMLP units (E-Branchformer) are scored on their value rows of the first linear layer (the paper does not
+  say which slice; this mirrors the conv chunk's value rows of pointwise-conv1).
 - Not implemented: the paper's "adjust_dropout" (dropout scaled by module size), OBD scores, random init
-  of grown units, E-Branchformer cgMLP units (the model has only Conformer blocks).
+  of grown units.
 
 Call `observe` on steps whose gradients are complete (the sync step of gradient accumulation) and, with an
 fp16 GradScaler, after unscaling (e.g. after `accelerator.clip_grad_norm_`); bf16/fp32 need nothing.
@@ -60,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 SCORES = ("taylor", "grad", "weight")
 INITS = ("copy", "function_preserving")
-UNIT_KINDS = ("ffn", "mhsa", "conv")
-_KIND = {"ffn1": "ffn", "ffn2": "ffn", "mhsa": "mhsa", "conv": "conv"}
+UNIT_KINDS = ("ffn", "mhsa", "conv", "cgmlp")  # a kind the block type lacks simply has no units
+_KIND = {"ffn1": "ffn", "ffn2": "ffn", "mhsa": "mhsa", "conv": "conv", "cgmlp": "cgmlp"}
 
 
 # --- configuration -----------------------------------------------------------------------------------------
@@ -76,7 +79,7 @@ class DMAOConfig:
     update_every: steps between score updates (paper 1000).
     init: growth init, "copy" (paper) or "function_preserving".
     noise_std: std of Gaussian noise added to grown copies (paper default 0).
-    unit_kinds: kinds of units that may be dropped or grown, from ("ffn", "mhsa", "conv").
+    unit_kinds: kinds of units that may be dropped or grown, from ("ffn", "mhsa", "conv", "cgmlp").
     seed: seed of the growth noise (same on every rank, so all ranks build the same weights).
     """
 
@@ -164,18 +167,22 @@ def _representative(module: nn.Module, name: str):
     if name == "conv":  # a chunk's value rows of the first pointwise conv (GLU gate rows excluded)
         channels = module.depthwise.out_channels
         return module.pointwise_in.weight, lambda t: t[:channels]
+    if name == "cgmlp":  # a chunk's value rows of the first linear layer (gate rows excluded), as for conv
+        units = module.depthwise.out_channels
+        return module.linear_in.weight, lambda t: t[:units]
     return module.linear_in.weight, lambda t: t  # an FFN chunk's rows of the first linear layer
 
 
 def architecture_table(spec, config=None) -> str:
     """Module sizes per block, one row per module (for logs and records). With `config`, sizes are given in
-    DMAO units (FFN chunks, heads, conv chunks); without, in hidden units / heads / channels."""
+    DMAO units (FFN chunks, heads, conv / cgMLP chunks); without, in hidden units / heads / channels."""
     step = {m: 1 for m in MODULE_NAMES}
     if config is not None:
-        step.update(ffn1=config.ffn_chunk_size, ffn2=config.ffn_chunk_size, conv=config.conv_chunk_size)
+        step.update(ffn1=config.ffn_chunk_size, ffn2=config.ffn_chunk_size, conv=config.conv_chunk_size,
+                    cgmlp=config.cgmlp_chunk_size)
     header = ["module"] + [f"b{b}" for b in range(len(spec))] + ["total"]
     rows = [header]
-    for module in MODULE_NAMES:
+    for module in (m for m in MODULE_NAMES if spec and m in spec[0]):  # the spec's block type
         values = [block[module] // step[module] for block in spec]
         rows.append([module] + [str(v) for v in values] + [str(sum(values))])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -193,6 +200,9 @@ class DMAO:
         self.events_done = 0
         self.num_updates = 0
         self._track(_unwrap(model).config)
+        if not any(_KIND[c.module] in cfg.unit_kinds for c in self.index):
+            present = sorted({_KIND[c.module] for c in self.index})
+            raise ValueError(f"unit_kinds={list(cfg.unit_kinds)} selects no unit of this model; it has {present}")
         self._scores = torch.zeros(len(self.index))
         self._seen = torch.zeros(len(self.index), dtype=torch.bool)
 
@@ -359,7 +369,9 @@ class DMAO:
         model.config.architecture_spec = new_spec
         if model.dynasr.config is not model.config:
             model.dynasr.config.architecture_spec = _spec_copy(new_spec)
-        model.config._validate_spec()
+        model.config._validate_spec()  # also normalises the spec's blocks to components.BlockSpec
+        if model.dynasr.config is not model.config:
+            model.dynasr.config._validate_spec()
         refresh_component_index(model)
         self._track(model.config)
         origin = {}  # new unit (block, module, unit start) -> old unit

@@ -191,6 +191,8 @@ class SubnetMixin:
         weights (see `lazy_loading.py`); other cases use the regular loader."""
         from .lazy_loading import load_subnet_lazily
 
+        # weights only from safetensors: a Hub repo's pytorch_model.bin would be unpickled (issue 8)
+        kwargs.setdefault("use_safetensors", True)
         loaded = load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs)
         if loaded is not None:
             return loaded

@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny test models: a second thread costs more than it gives
 
 
 # --- model fixtures ---
@@ -95,7 +95,25 @@ def run_train(args, *, launcher=None, env=None, check=True):
     import sys
 
     cmd = (launcher or [sys.executable]) + [os.path.join(REPO, "training", "train.py")] + [str(a) for a in args]
-    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+def train_in_process(args):
+    """Run training/train.py's main() in this interpreter (no start-up cost); resets accelerate's state after."""
+    import importlib.util
+    import sys
+
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("hf_dynasr_train_script", os.path.join(REPO, "training", "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    try:
+        module.main([str(a) for a in args])
+    finally:
+        AcceleratorState._reset_state(True)

@@ -110,7 +110,7 @@ def assert_moments(model, opt, before_params, before_state, report, old_config):
 # --- config --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     (dict(rho=0.0), "rho"), (dict(rho=1.5), "rho"), (dict(events=[0.0]), "events"),
-    (dict(events=[1.2]), "events"), (dict(unit_kinds=("ffn", "cgmlp")), "allowed: ffn, mhsa, conv"),
+    (dict(events=[1.2]), "events"), (dict(unit_kinds=("ffn", "attn")), "allowed: ffn, mhsa, conv, cgmlp"),
     (dict(score="obd"), "allowed: taylor, grad, weight"), (dict(init="random"), "allowed: copy, function_preserving"),
 ])
 def test_bad_config(kwargs, match):

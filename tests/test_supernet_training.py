@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_train
+from conftest import run_train, train_in_process
 from safetensors.torch import load_file
 from test_training import SMOKE, _data_args
 from transformers import AutoModelForCTC, AutoProcessor, pipeline
@@ -36,8 +36,8 @@ def _supernet_args(method, granularity, criterion, steps=8):
 ])
 def test_every_method_gives_loadable_nested_sizes(smoke_corpus, tmp_path, method, granularity, criterion):
     out = tmp_path / "run"
-    run_train(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--save_steps", "0",
-               *_supernet_args(method, granularity, criterion)])
+    train_in_process(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--save_steps", "0",
+                      *_supernet_args(method, granularity, criterion)])
     final = out / "final"
     config = json.loads((final / "config.json").read_text())
     subnets = config["subnets"]

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -74,6 +75,8 @@ class TrainArgs:
     dmao: dict | str | None = field(default=None, metadata={"help": "DMAO options (hf_dynasr.dmao.DMAOConfig); null = off."})
     max_steps: int = field(default=100, metadata={"help": "Optimizer updates in total."})
     max_batch_seconds: float = field(default=40.0, metadata={"help": "Audio seconds per batch per process."})
+    sortagrad: bool = field(default=False, metadata={"help": "First epoch in order of length, short first (SortaGrad, "
+                                                             "Deep Speech 2): CTC leaves its blank plateau sooner."})
     learning_rate: float = field(default=4e-4, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (papers: 1e-3)."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon (papers: 1e-16)."})
@@ -93,6 +96,8 @@ class TrainArgs:
     seed: int = field(default=0, metadata={"help": "Seed of init, data order and subnet choices."})
     num_processes: int | None = field(default=None, metadata={"help": "Fail unless exactly this many processes run."})
     max_nonfinite_steps: int = field(default=20, metadata={"help": "Stop after this many non-finite steps in a row."})
+    detect_anomaly: bool = field(default=False, metadata={"help": "Log the first module whose output is non-finite "
+                                                          "(forward hooks on every module; slower, for debugging)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
 
 
@@ -215,11 +220,12 @@ def main(argv=None) -> None:
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
     # 6. resume: weights, optimiser, scheduler, RNG, selector, DMAO; then skip the consumed batches ----
-    step, epoch, skip_batches, nonfinite = 0, 0, 0, 0
+    step, epoch, skip_batches, nonfinite, nonfinite_total = 0, 0, 0, 0, 0
     if resume_dir:
         accelerator.load_state(resume_dir)
         state = read_json(os.path.join(resume_dir, "trainer_state.json"))
         step, epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+        nonfinite_total = state.get("nonfinite_steps_skipped", 0)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, step, epoch, skip_batches)
     if accelerator.is_main_process:
         accelerator.init_trackers("hf_dynasr", config={k: str(v) for k, v in asdict(args).items()})
@@ -229,10 +235,16 @@ def main(argv=None) -> None:
 
     # 7. training loop -------------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
+    anomaly = None
+    if args.detect_anomaly:
+        from hf_dynasr.anomaly import AnomalyDetector
+
+        anomaly = AnomalyDetector(unwrapped)
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     start_time, audio_seconds = time.time(), 0.0
     history, choices = [], []
     while step < args.max_steps:
+        sampler.shuffle = not (args.sortagrad and epoch == 0)
         sampler.set_epoch(epoch)
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
@@ -249,23 +261,35 @@ def main(argv=None) -> None:
             with accelerator.accumulate(model):
                 runs = plan_step(step, size_names, stage1_steps=stage1_steps, seed=args.seed, selector=selector)
                 choices.append(check_same_choice(accelerator, runs, size_names, step))
+                if anomaly is not None:
+                    anomaly.reset()
                 loss, losses = supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_names)
+                if _test_hook("HF_DYNASR_TEST_NAN_AT", "loss", step):
+                    loss = loss * float("nan")
                 finite = bool(accelerator.reduce(torch.isfinite(loss.detach()).float(), "min") >= 1)
                 accelerator.backward(loss if finite else loss * 0.0)  # keeps every rank's DDP in step
-                if not finite:  # skipped on every rank alike, counted, and fatal after K in a row
-                    nonfinite += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    logger.warning("step %d: non-finite loss (%s), update skipped (%d in a row)", step, losses, nonfinite)
-                    if nonfinite >= args.max_nonfinite_steps:
-                        raise SystemExit(f"error: {nonfinite} non-finite steps in a row; lower the learning rate")
-                    continue
-                nonfinite = 0
-                if selector is not None:
+                what = "loss"
+                if finite and selector is not None:
                     for p in selector.parameters():  # outside DDP: average the score gradients by hand
                         if p.grad is not None:
                             p.grad = accelerator.reduce(p.grad, "mean")
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if finite and accelerator.sync_gradients:
+                    if _test_hook("HF_DYNASR_TEST_NAN_AT", "grad", step):
+                        next(p for p in unwrapped.parameters() if p.grad is not None).grad.fill_(float("nan"))
+                    finite, what = grads_finite(accelerator, model, selector, args.max_grad_norm), "gradient"
+                if not finite:  # skipped on every rank alike, counted, and fatal after K in a row
+                    nonfinite += 1
+                    nonfinite_total += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    where = anomaly.report() if anomaly is not None else None
+                    logger.warning("step %d: non-finite %s (%s), update skipped (%d in a row)%s", step, what, losses,
+                                   nonfinite, f"; {where}" if where else "")
+                    if nonfinite >= args.max_nonfinite_steps:
+                        raise SystemExit(f"error: {nonfinite} non-finite steps in a row (last: non-finite {what}"
+                                         f"{'; ' + where if where else ''}); lower the learning rate or check the "
+                                         "data (--detect_anomaly names the first module with a non-finite output)")
+                    continue
+                nonfinite = 0
                 if dmao is not None and accelerator.sync_gradients:
                     dmao.observe(unwrapped, step)
                 optimizer.step()
@@ -280,9 +304,13 @@ def main(argv=None) -> None:
             audio_seconds += float(batch["attention_mask"].sum()) * 0.01 * accelerator.num_processes
             progress.update(1)
             progress.set_postfix(ctc_full=f"{losses['loss/full']:.3f}")
+            if _test_hook("HF_DYNASR_TEST_KILL_AT", "step", step):
+                os.kill(os.getpid(), signal.SIGKILL)
             if dmao is not None and dmao.reshape_due(step):
                 model, optimizer = dmao_reshape(dmao, model, optimizer, accelerator, args, step)
                 unwrapped = accelerator.unwrap_model(model)
+                if anomaly is not None:
+                    anomaly.attach(unwrapped)  # the reshape replaced modules
             if step % args.logging_steps == 0 or step == args.max_steps:
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **losses,
                           "audio_s_per_s": audio_seconds / max(1e-9, time.time() - start_time)}
@@ -293,8 +321,11 @@ def main(argv=None) -> None:
             if args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
                 run_eval(accelerator, unwrapped, eval_ds, collator, tokenizer, step, args)
             if args.save_steps and step % args.save_steps == 0:
-                state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
-                save_checkpoint(accelerator, ckpt_dir, step, state, unwrapped.config, args.save_total_limit)
+                state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                         "nonfinite_steps_skipped": nonfinite_total}
+                kill = _test_hook("HF_DYNASR_TEST_KILL_AT", "checkpoint", step)
+                save_checkpoint(accelerator, ckpt_dir, step, state, unwrapped.config, args.save_total_limit,
+                                before_rename=(lambda: os.kill(os.getpid(), signal.SIGKILL)) if kill else None)
             if step >= args.max_steps:
                 break
         else:
@@ -320,12 +351,46 @@ def main(argv=None) -> None:
                    {"eval": results, "history": history, "steps": step, "train_data": args.train_data,
                     "method": args.selection.get("method") if sizes else None, "dmao": args.dmao or None,
                     "wall_time_s": time.time() - start_time, "num_processes": accelerator.num_processes,
+                    "nonfinite_steps_skipped": nonfinite_total,
                     "rank_weight_checksums": checksums, "subnet_choices": choices})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         logger.info("final model and processor in %s", final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def grads_finite(accelerator, model, selector, max_grad_norm) -> bool:
+    """Clip (if max_grad_norm > 0) and say whether every gradient is finite, agreed across processes.
+    Under fp16 the GradScaler already skips overflowing steps and lowers its scale: not counted here."""
+    if max_grad_norm > 0:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if accelerator.scaler is not None or norm is None:
+        return True
+    ok = torch.isfinite(norm.detach().float().cpu())
+    for p in selector.parameters() if selector is not None else []:
+        if p.grad is not None:
+            ok = ok & torch.isfinite(p.grad).all().cpu()
+    return bool(accelerator.reduce(ok.float().to(accelerator.device), "min") >= 1)
+
+
+# Test hooks (tests/test_robustness.py); inert unless the environment variable is set. N = the step counter
+# (optimizer updates done so far); K = how many batches in a row (default 1; a skipped batch keeps the step at N).
+#   HF_DYNASR_TEST_KILL_AT=step:N        SIGKILL this process right after update N (before checkpoint N)
+#   HF_DYNASR_TEST_KILL_AT=checkpoint:N  SIGKILL it while checkpoint N sits complete in .tmp-step_N, not renamed
+#   HF_DYNASR_TEST_NAN_AT=loss:N[:K],grad:N[:K]  the loss (or one gradient) of K batches at step N becomes NaN
+_TEST_HOOKS_FIRED: dict = {}
+
+
+def _test_hook(variable: str, kind: str, step: int) -> bool:
+    for item in filter(None, os.environ.get(variable, "").split(",")):
+        name, at, times = (item.split(":") + ["1"])[:3]
+        if name == kind and int(at) == step:
+            fired = _TEST_HOOKS_FIRED[item] = _TEST_HOOKS_FIRED.get(item, 0) + 1
+            return fired <= int(times)
+    return False
 
 
 SUPERNET_KEYS = ("method", "criterion", "stage1_fraction", "loss_weight", "layerdrop_stage1", "layerdrop_stage2")

@@ -1,0 +1,350 @@
+"""Speed and memory benchmarks; results go to benchmarks/results/<suite>.json (never timing asserts in tests).
+
+Usage:
+    python scripts/benchmark.py --suite encoder      # our encoder vs ParakeetForCTC at equal dimensions
+    python scripts/benchmark.py --suite training     # step throughput, GFLOP/s vs matmul peak, data share
+    python scripts/benchmark.py --suite supernet     # stage-1/stage-2 step vs the sum of standalone steps
+    python scripts/benchmark.py --suite inference    # per-size latency and speed-up vs FLOPs ratio
+    python scripts/benchmark.py --suite all
+
+Every comparison is measured side by side in one run (same threads, same input), as a median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_dynasr import DynaSRConfig, DynaSRForCTC  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+FRAMES_10S = 1001  # ParakeetFeatureExtractor frames for 10 s at 16 kHz
+
+CONFIGS = {
+    # ~10M parameters, and the papers' LibriSpeech default (d=512, 12 blocks)
+    "10M": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, intermediate_size=1024,
+                conv_kernel_size=31),
+    "paper_d512": dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048,
+                       conv_kernel_size=31),
+}
+
+
+def timeit(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"commit": git, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """fp32 matmul throughput of this machine right now (the roofline the training GFLOP/s is compared to)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    ms = timeit(lambda: a @ b, repeats, warmup=3)
+    return 2 * size**3 / (ms / 1000) / 1e9
+
+
+def parakeet_twin(cfg: dict, frontend_channels: int = 64):
+    """ParakeetForCTC with our hidden size, layers, heads, FFN size and 4x subsampling."""
+    from transformers import ParakeetCTCConfig, ParakeetForCTC
+
+    enc = dict(hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
+               num_attention_heads=cfg["num_attention_heads"], intermediate_size=cfg["intermediate_size"],
+               conv_kernel_size=cfg["conv_kernel_size"], subsampling_factor=4,
+               subsampling_conv_channels=frontend_channels, num_mel_bins=80, dropout=0.0, layerdrop=0.0,
+               activation_dropout=0.0, attention_dropout=0.0)
+    return ParakeetForCTC(ParakeetCTCConfig(vocab_size=30, pad_token_id=0, encoder_config=enc)).eval()
+
+
+def suite_encoder(repeats: int) -> dict:
+    """Forward on 10 s of features at batch 1 and 8: ours (both frontends) vs ParakeetForCTC."""
+    out = {}
+    for name, cfg in CONFIGS.items():
+        rows = {}
+        models = {
+            "dynasr_conv2d4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="conv2d4x", frontend_channels=64,
+                                                         hidden_dropout=0, activation_dropout=0,
+                                                         attention_dropout=0)).eval(),
+            "dynasr_vgg4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="vgg4x", hidden_dropout=0,
+                                                      activation_dropout=0, attention_dropout=0)).eval(),
+            "parakeet": parakeet_twin(cfg),
+        }
+        for batch in (1, 8):
+            feats = torch.randn(batch, FRAMES_10S, 80)
+            mask = torch.ones(batch, FRAMES_10S, dtype=torch.long)
+            for label, model in models.items():
+                with torch.inference_mode():
+                    ms = timeit(lambda m=model: m(input_features=feats, attention_mask=mask), repeats)
+                rows[f"{label}_b{batch}_ms"] = round(ms, 1)
+        for label, model in models.items():
+            rows[f"{label}_params"] = sum(p.numel() for p in model.parameters())
+        for batch in (1, 8):
+            rows[f"ratio_conv2d4x_vs_parakeet_b{batch}"] = round(
+                rows[f"dynasr_conv2d4x_b{batch}_ms"] / rows[f"parakeet_b{batch}_ms"], 3)
+        out[name] = rows
+        print(name, json.dumps(rows), flush=True)
+    return out
+
+
+
+DEMO_MODEL = dict(hidden_size=144, num_hidden_layers=4, num_attention_heads=4, intermediate_size=576,
+                  conv_kernel_size=15, frontend_type="conv2d4x", frontend_channels=64, hidden_dropout=0.0,
+                  activation_dropout=0.0, attention_dropout=0.0)
+
+
+def _batch(seconds: float = 25.0, utt_seconds: float = 2.5, labels: int = 30):
+    """A padded training batch like the demo's (25 s of audio in 2.5 s utterances)."""
+    b, t = int(seconds // utt_seconds), int(utt_seconds * 100)
+    return (torch.randn(b, t, 80), torch.ones(b, t, dtype=torch.long), torch.randint(1, 30, (b, labels)))
+
+
+def _train_step(model, opt, feats, mask, labels, **kw):
+    def step():
+        out = model(input_features=feats, attention_mask=mask, labels=labels, **kw)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def _demo_supernet():
+    model = DynaSRForCTC(DynaSRConfig(vocab_size=30, **DEMO_MODEL)).train()
+    index = model.component_index
+    costs = model.component_costs()
+    order = sorted(range(len(index)), key=lambda i: costs.flops[i])  # any nested pair of masks will do
+    model.add_subnet("small", components=order[len(order) // 2:])
+    model.add_subnet("medium", components=order[len(order) // 4:])
+    return model
+
+
+def suite_training(repeats: int) -> dict:
+    """Audio seconds per wall second of a demo training step, achieved GFLOP/s vs the matmul peak, and the
+    share of data loading (collating prepared features) in a step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = DynaSRForCTC(DynaSRConfig(vocab_size=30, **DEMO_MODEL)).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    feats, mask, labels = _batch()
+    step = _train_step(model, opt, feats, mask, labels)
+    ms = timeit(step, repeats, warmup=2)
+    with FlopCounterMode(display=False) as counter:
+        out = model(input_features=feats, attention_mask=mask, labels=labels)
+        out.loss.backward()
+    opt.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    peak = matmul_peak_gflops()
+    result = {"step_ms": round(ms, 1), "audio_s_per_s": round(25.0 / (ms / 1000), 1),
+              "train_gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / 1e9 / (ms / 1000), 1),
+              "matmul_peak_gflops": round(peak, 1)}
+    result["share_of_peak"] = round(result["achieved_gflops"] / peak, 3)
+    corpus = os.path.join(os.path.dirname(RESULTS), "..", "data", "demo_corpus")
+    if os.path.isdir(corpus):
+        from torch.utils.data import DataLoader
+
+        from hf_dynasr import build_processor
+        from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
+
+        proc = build_processor()
+        ds, _ = prepare_dataset(load_speech_dataset(f"audiofolder:{corpus}", split="dev"), proc.feature_extractor,
+                                proc.tokenizer)
+        loader = DataLoader(ds.with_format("numpy"), batch_sampler=DurationBatchSampler.from_dataset(ds, 25.0),
+                            collate_fn=DataCollatorCTCWithPadding(proc.feature_extractor))
+        start = time.perf_counter()
+        batches = sum(1 for _ in loader)
+        load_ms = (time.perf_counter() - start) * 1000 / max(1, batches)
+        result.update(data_ms_per_batch=round(load_ms, 2), data_share_of_step=round(load_ms / (load_ms + ms), 4))
+    print("training", json.dumps(result), flush=True)
+    return result
+
+
+def suite_supernet(repeats: int) -> dict:
+    """A stage-1 step (full + soft-gated subnet) and a stage-2 step (full + smallest + middle, hard masks)
+    against the sum of standalone steps of the same nets (extracted models, same batch); selector share."""
+    from hf_dynasr.selection import build_selector
+
+    model = _demo_supernet()
+    feats, mask, labels = _batch()
+    params = list(model.parameters())
+    selector = build_selector("ortho_softmax", model.component_costs(), {"small": 0.5, "medium": 0.75},
+                              criterion="flops", total_steps=10_000, index=model.component_index)
+    opt = torch.optim.AdamW(params + list(selector.parameters()), 1e-3)
+
+    def stage1():
+        gates = selector.gates("small", int(selector.step_count))
+        loss = model(input_features=feats, attention_mask=mask, labels=labels).loss
+        loss = loss + model(input_features=feats, attention_mask=mask, labels=labels, subnet="small",
+                            component_gates=gates).loss + selector.regularizer("small", int(selector.step_count))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            selector.end_of_step(int(selector.step_count))
+
+    def stage2():
+        loss = sum(model(input_features=feats, attention_mask=mask, labels=labels, subnet=name).loss
+                   for name in (None, "small", "medium"))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def selector_work():
+        step = int(selector.step_count)
+        (selector.gates("small", step).sum() + selector.regularizer("small", step)).backward()
+        selector.zero_grad(set_to_none=True)
+
+    standalone = {}
+    for name in ("full", "small", "medium"):
+        net = model.extract_subnet(name) if name != "full" else DynaSRForCTC(model.config).train()
+        if name == "full":
+            net.load_state_dict(model.state_dict(), strict=False)
+        net_opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        standalone[name] = timeit(_train_step(net, net_opt, feats, mask, labels), repeats, warmup=2)
+    s1 = timeit(stage1, repeats, warmup=2)
+    s2 = timeit(stage2, repeats, warmup=2)
+    sel = timeit(selector_work, repeats, warmup=1)
+    # stage 1 runs the full net twice (once soft-gated: every component computed): its reference is 2 x full
+    result = {"standalone_ms": {k: round(v, 1) for k, v in standalone.items()},
+              "stage1_ms": round(s1, 1), "stage2_ms": round(s2, 1),
+              "stage1_ratio_vs_2x_full": round(s1 / (2 * standalone["full"]), 3),
+              "stage2_ratio_vs_sum": round(s2 / sum(standalone.values()), 3),
+              "selector_ms": round(sel, 2), "selector_share_of_stage1": round(sel / s1, 4)}
+    print("supernet", json.dumps(result), flush=True)
+    return result
+
+
+def suite_inference(repeats: int) -> dict:
+    """Per size: latency at batch 1 and 8 on 10 s, speed-up over the full size next to the FLOPs ratio;
+    the masked supernet vs the extracted model."""
+    model = _demo_supernet().eval()
+    rows = {}
+    for batch in (1, 8):
+        feats = torch.randn(batch, FRAMES_10S, 80)
+        for name in ("full", "medium", "small"):
+            net = model if name == "full" else model.extract_subnet(name).eval()
+            with torch.inference_mode():
+                rows.setdefault(name, {})[f"b{batch}_ms"] = round(timeit(lambda n=net: n(input_features=feats), repeats), 1)
+                if name != "full":
+                    rows[name][f"b{batch}_masked_ms"] = round(
+                        timeit(lambda: model(input_features=feats, subnet=name), repeats), 1)
+    total = model.component_costs().total_flops
+    for name in ("medium", "small"):
+        flops_ratio = total / model.config.subnets[name]["flops"]
+        for batch in (1, 8):
+            speedup = rows["full"][f"b{batch}_ms"] / rows[name][f"b{batch}_ms"]
+            rows[name][f"b{batch}_speedup"] = round(speedup, 3)
+            rows[name][f"b{batch}_speedup_over_flops_ratio"] = round(speedup / flops_ratio, 3)
+        rows[name]["flops_ratio"] = round(flops_ratio, 3)
+    print("inference", json.dumps(rows), flush=True)
+    return rows
+
+
+def suite_loading(repeats: int) -> dict:
+    """Peak RSS of from_pretrained(subnet=smallest) vs the whole supernet (paper d=512 model), each in a fresh
+    process, against the bare interpreter with the libraries imported and the size's weights."""
+    import tempfile
+
+    model = DynaSRForCTC(DynaSRConfig(**CONFIGS["paper_d512"], frontend_type="conv2d4x"))
+    n = len(model.component_index)
+    entry = model.add_subnet("small", components=list(range(0, n, 3)))
+    rows = {"supernet_params": model.num_parameters(), "small_params": entry["num_parameters"]}
+    code = ("import resource, sys, hf_dynasr; from transformers import AutoModelForCTC; "
+            "kw = {} if sys.argv[2] == 'none' else {'subnet': sys.argv[2]}; "
+            "m = AutoModelForCTC.from_pretrained(sys.argv[1], **kw) if sys.argv[2] != 'bare' else None; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        del model
+        for label, arg in (("bare", "bare"), ("small", "small"), ("supernet", "none")):
+            out = subprocess.run([sys.executable, "-c", code, tmp, arg], capture_output=True, text=True, check=True)
+            rows[f"{label}_peak_rss_mb"] = round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+    small_mb = rows["small_params"] * 4 / 2**20
+    rows["small_weights_mb"] = round(small_mb, 1)
+    rows["small_load_ratio"] = round((rows["small_peak_rss_mb"] - rows["bare_peak_rss_mb"]) / small_mb, 3)
+    print("loading", json.dumps(rows), flush=True)
+    return rows
+
+
+def suite_dmao(repeats: int) -> dict:
+    """DMAO's share of training time on the demo schedule: score updates every `update_every` steps plus one
+    reshape event, against the plain training steps of the same run length."""
+    from hf_dynasr.dmao import DMAO, DMAOConfig
+
+    steps = 60
+    model = DynaSRForCTC(DynaSRConfig(vocab_size=30, conv_granularity="chunk", **DEMO_MODEL)).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    feats, mask, labels = _batch()
+    dmao = DMAO(model, DMAOConfig(events=[0.5], update_every=10), total_steps=steps)
+    train_ms = dmao_ms = 0.0
+    for step in range(steps):
+        start = time.perf_counter()
+        out = model(input_features=feats, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        mid = time.perf_counter()
+        dmao.observe(model, step)
+        after_observe = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        end = time.perf_counter()
+        extra = 0.0
+        if dmao.reshape_due(step + 1):
+            t0 = time.perf_counter()
+            dmao.reshape(model, opt, step=step + 1)
+            extra = time.perf_counter() - t0
+        train_ms += (mid - start + end - after_observe) * 1000
+        dmao_ms += (after_observe - mid + extra) * 1000
+    result = {"steps": steps, "train_ms": round(train_ms, 1), "dmao_ms": round(dmao_ms, 1),
+              "dmao_share": round(dmao_ms / (train_ms + dmao_ms), 4)}
+    print("dmao", json.dumps(result), flush=True)
+    return result
+
+
+def write(suite: str, data: dict) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{suite}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"suite": suite, "machine": machine(), "results": data}, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+SUITES = {"encoder": suite_encoder, "training": suite_training, "supernet": suite_supernet,
+          "inference": suite_inference, "loading": suite_loading, "dmao": suite_dmao}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="encoder", help=f"one of {sorted(SUITES)} or all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    names = sorted(SUITES) if args.suite == "all" else [args.suite]
+    for name in names:
+        if name not in SUITES:
+            raise SystemExit(f"unknown suite {name!r}; choose from {sorted(SUITES)} or all")
+        print(f"wrote {write(name, SUITES[name](args.repeats))}")
+
+
+if __name__ == "__main__":
+    main()

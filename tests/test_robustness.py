@@ -1,0 +1,505 @@
+"""Reliability and safety (issue 8): kill and resume, bad inputs, non-finite steps, safe loading.
+
+Training runs call training/train.py's `main()` in a forked child process of this test process: a real
+process that the test hooks can SIGKILL (HF_DYNASR_TEST_KILL_AT, see train.py), without paying the ~10 s
+of imports of a fresh interpreter for each of the eleven runs. The corpus is 16 training utterances.
+The matrix of bad inputs and the test behind each row: docs/robustness.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, make_model
+from safetensors.torch import load_file
+
+TRAIN_PY = os.path.join(REPO, "training", "train.py")
+SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
+MODEL = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+         "conv_kernel_size": 15, "frontend_type": "conv2d4x", "frontend_channels": 16, "hidden_dropout": 0.0,
+         "activation_dropout": 0.0, "attention_dropout": 0.0, "reference_duration_s": 2.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on 2 shared cores OpenMP's spinning makes tiny ops 10-100x slower with 2."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- running train.py in a forked child ------------------------------------------------------------------
+
+
+def _train_module():
+    name = "_hf_dynasr_train_script"
+    if name not in sys.modules:  # registered before exec: train.py's dataclass looks its module up
+        spec = importlib.util.spec_from_file_location(name, TRAIN_PY)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def train(args, log, env=None, timeout=300):
+    """Run train.main(args) in a forked child; -> (exit code, log text). A SIGKILLed child gives -9."""
+    module = _train_module()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = sys.stderr = open(log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                                format="%(levelname)s %(name)s: %(message)s")
+            torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+            os.environ.update(env or {})
+            try:
+                module.main([str(a) for a in args])
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+                if not isinstance(exit_.code, int) and exit_.code is not None:
+                    print(exit_.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"train.py did not finish in {timeout} s:\n{open(log).read()[-3000:]}")
+        time.sleep(0.05)
+    with open(log, encoding="utf-8") as f:
+        return os.waitstatus_to_exitcode(status), f.read()
+
+
+def run_ok(args, log, env=None):
+    code, text = train(args, log, env)
+    assert code == 0, f"train.py failed ({code}):\n{text[-4000:]}"
+    return text
+
+
+def run_killed(args, log, env):
+    code, text = train(args, log, env)
+    assert code == -9, f"expected a SIGKILL, got exit code {code}:\n{text[-4000:]}"
+    return text
+
+
+@pytest.fixture(scope="module")
+def corpus(smoke_corpus, tmp_path_factory):
+    """16 training and 2 dev utterances of the smoke corpus (each run prepares its features again)."""
+    root = tmp_path_factory.mktemp("small_corpus")
+    for split, n in (("train", 16), ("dev", 2)):
+        (root / split).mkdir()
+        lines = (smoke_corpus / split / "metadata.csv").read_text().splitlines()[: n + 1]
+        (root / split / "metadata.csv").write_text("\n".join(lines) + "\n")
+        for line in lines[1:]:
+            name = line.split(",")[0]
+            shutil.copy(smoke_corpus / split / name, root / split / name)
+    return root
+
+
+def _common(corpus, *extra):
+    return ["--config", SMOKE, "--train_data", f"audiofolder:{corpus}", "--eval_data", f"audiofolder:{corpus}",
+            "--max_steps", "8", "--save_steps", "2", "--save_total_limit", "10", "--max_batch_seconds", "8",
+            "--logging_steps", "1", *extra]
+
+
+def _weights_equal(a_dir, b_dir):
+    a, b = load_file(os.path.join(a_dir, "model.safetensors")), load_file(os.path.join(b_dir, "model.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def _results(run_dir):
+    with open(os.path.join(run_dir, "final", "training_results.json")) as f:
+        return json.load(f)
+
+
+def _tree_digest(folder):
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            digest.update(name.encode())
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+# --- 1. kill and resume ----------------------------------------------------------------------------------
+
+NAN_AT = {"HF_DYNASR_TEST_NAN_AT": "loss:1,grad:3"}  # one NaN loss at step 1, one NaN gradient at step 3
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """An uninterrupted 8-step run that meets a NaN loss and a NaN gradient (both skipped)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    log = run_ok([*_common(corpus), "--output_dir", out], out.parent / "log.txt", NAN_AT)
+    return out, log
+
+
+def test_nonfinite_loss_and_gradient_steps_are_skipped_and_counted(reference):
+    out, log = reference
+    results = _results(out)
+    assert results["nonfinite_steps_skipped"] == 2 and results["steps"] == 8
+    assert "step 1: non-finite loss" in log and "step 3: non-finite gradient" in log
+    assert log.count("update skipped (1 in a row)") == 2
+    weights = load_file(out / "final" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_kill_between_and_during_checkpoints_resumes_bitwise(corpus, reference, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "run"
+    args = [*_common(corpus), "--output_dir", out]
+    ckpts = out / "checkpoints"
+    # killed while writing checkpoint 4: step_2 stays complete and identical to the uninterrupted run's
+    run_killed(args, tmp_path / "log1.txt", {**NAN_AT, "HF_DYNASR_TEST_KILL_AT": "checkpoint:4"})
+    assert sorted(os.listdir(ckpts)) == [".tmp-step_4", "step_2"]
+    assert (ckpts / ".tmp-step_4" / "trainer_state.json").is_file()  # complete, only the rename was missing
+    assert _tree_digest(ckpts / "step_2") == _tree_digest(ref / "checkpoints" / "step_2")
+    from hf_dynasr.checkpointing import resolve_checkpoint
+
+    assert resolve_checkpoint(str(ckpts), "latest") == str(ckpts / "step_2")
+    # resumed, then killed between checkpoints (after update 5)
+    log = run_killed([*args, "--resume_from_checkpoint", "latest"], tmp_path / "log2.txt",
+                     {**NAN_AT, "HF_DYNASR_TEST_KILL_AT": "step:5"})
+    assert "at step 2" in log
+    assert sorted(os.listdir(ckpts)) == ["step_2", "step_4"]  # the stale .tmp-step_4 was replaced
+    log = run_ok([*args, "--resume_from_checkpoint", "latest"], tmp_path / "log3.txt", NAN_AT)
+    assert "at step 4" in log
+    _weights_equal(ref / "final", out / "final")
+    assert _results(out)["nonfinite_steps_skipped"] == 2  # the counter survives the resume
+
+
+def _kill_resume_matches(corpus, tmp_path, extra, kill_at, resumed_at):
+    args = _common(corpus, *extra)
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    run_ok([*args, "--output_dir", ref], tmp_path / "ref.txt")
+    run_killed([*args, "--output_dir", out], tmp_path / "kill.txt", {"HF_DYNASR_TEST_KILL_AT": kill_at})
+    log = run_ok([*args, "--output_dir", out, "--resume_from_checkpoint", "latest"], tmp_path / "resume.txt")
+    assert f"at step {resumed_at}" in log
+    _weights_equal(ref / "final", out / "final")
+    return ref, out
+
+
+def test_kill_and_resume_with_dmao_reshape(corpus, tmp_path):
+    """Killed after the reshape at step 2 (events [0.3] of 8 steps); resumed from the reshaped checkpoint 2."""
+    model = json.dumps({**MODEL, "conv_granularity": "chunk"})
+    dmao = json.dumps({"events": [0.3], "update_every": 1})
+    ref, out = _kill_resume_matches(corpus, tmp_path, ["--model", model, "--dmao", dmao], "step:3", 2)
+    config = json.loads((ref / "final" / "config.json").read_text())
+    assert config["architecture_spec"] != [{"ffn1": 96, "mhsa": 4, "conv": 48, "ffn2": 96}] * 2  # it reshaped
+    assert config == json.loads((out / "final" / "config.json").read_text())
+
+
+def test_kill_and_resume_across_the_stage_boundary(corpus, tmp_path):
+    """Supernet: killed while writing checkpoint 4 (the stage boundary), resumed in stage 1 from step 2."""
+    extra = ["--model", json.dumps(MODEL), "--subnets", json.dumps({"small": 0.5, "mid": 0.75}),
+             "--selection", json.dumps({"method": "ortho_softmax", "criterion": "flops", "stage1_fraction": 0.5})]
+    ref, out = _kill_resume_matches(corpus, tmp_path, extra, "checkpoint:4", 2)
+    a = json.loads((ref / "final" / "config.json").read_text())["subnets"]
+    assert a == json.loads((out / "final" / "config.json").read_text())["subnets"]
+
+
+# --- 3. non-finite guard: K in a row, --detect_anomaly ---------------------------------------------------
+
+
+def _poisoned_checkpoint(path):
+    """A smoke-sized model whose block-1 FFN1 input weights are NaN."""
+    from hf_dynasr import DynaSRConfig, DynaSRForCTC
+
+    torch.manual_seed(0)
+    model = DynaSRForCTC(DynaSRConfig(**MODEL))
+    with torch.no_grad():
+        model.dynasr.layers[1].ffn1.linear_in.weight[0, 0] = float("nan")
+    model.save_pretrained(path)
+    return path
+
+
+def test_k_nonfinite_steps_in_a_row_stop_and_detect_anomaly_names_the_module(corpus, tmp_path):
+    init = _poisoned_checkpoint(tmp_path / "poisoned")
+    code, log = train([*_common(corpus), "--output_dir", tmp_path / "run", "--init_from", init,
+                       "--max_nonfinite_steps", "2", "--detect_anomaly", "true"], tmp_path / "log.txt")
+    assert code == 1, log[-3000:]
+    module = "non-finite output in module dynasr.layers.1.ffn1 (DynaSRFeedForward)"
+    assert "error: 2 non-finite steps in a row (last: non-finite loss; " + module in log
+    assert "update skipped (1 in a row); " + module in log
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_gradient_check_with_and_without_clipping(features):
+    from accelerate import Accelerator
+
+    grads_finite = _train_module().grads_finite
+    accelerator = Accelerator(cpu=True)
+    model = make_model()
+    x, mask = features
+    model(x, mask).logits.square().mean().backward()
+    for max_norm in (0.0, 1e9):  # 0 = clipping off: the norm is only measured
+        assert grads_finite(accelerator, model, None, max_norm)
+    model.dynasr.layers[0].ffn1.linear_in.weight.grad[0, 0] = float("inf")
+    for max_norm in (0.0, 1e9):
+        assert not grads_finite(accelerator, model, None, max_norm)
+
+
+def test_anomaly_detector_names_the_origin_module(features):
+    from hf_dynasr.anomaly import AnomalyDetector
+
+    model = make_model()
+    x, mask = features
+    detector = AnomalyDetector(model)
+    model(x, mask)
+    assert detector.report() is None  # a healthy forward reports nothing (padding and masks included)
+    with torch.no_grad():
+        model.dynasr.layers[2].conv.pointwise_in.weight[3, 0] = float("inf")
+    model(x, mask)
+    assert detector.first == "non-finite output in module dynasr.layers.2.conv (DynaSRConvModule)"
+    detector.reset()
+    x_bad = x.clone()
+    x_bad[0, 5, 3] = float("nan")  # no module is the origin: the input already was non-finite
+    model(x_bad, mask)
+    assert detector.first is None and detector.report().endswith("(input already non-finite)")
+    detector.detach()
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+# --- 2. bad inputs: data, checkpoints, disk ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from hf_dynasr import build_processor
+
+    return build_processor()
+
+
+def _prepare(rows, processor, **kwargs):
+    import datasets
+
+    from hf_dynasr.data import prepare_dataset
+
+    ds = datasets.Dataset.from_list([{"audio": {"array": a, "sampling_rate": sr}, "text": t} for a, sr, t in rows])
+    return prepare_dataset(ds, processor.feature_extractor, processor.tokenizer, **kwargs)
+
+
+def test_in_memory_arrays_int16_stereo_silence_and_inf(processor):
+    from hf_dynasr.data import load_audio
+
+    rng = np.random.default_rng(0)
+    speechy = (0.1 * np.sin(np.arange(16000) / 5.0) * (1 + 0.3 * rng.standard_normal(16000))).astype(np.float32)
+    pcm16 = np.round(speechy * 32768).astype(np.int16)
+    np.testing.assert_allclose(load_audio({"array": pcm16, "sampling_rate": 16000}), speechy, atol=1.0 / 32768)
+    stereo_first = np.stack([speechy, speechy])  # [channels, samples], as torchaudio returns it
+    np.testing.assert_allclose(load_audio({"array": stereo_first, "sampling_rate": 16000}), speechy)
+    np.testing.assert_allclose(load_audio({"array": stereo_first.T, "sampling_rate": 16000}), speechy)
+    with_inf = speechy.copy()
+    with_inf[100] = np.inf
+    # int16 through a datasets table (the values arrive as python ints): scaled like the float original
+    prepared, report = _prepare([(pcm16, 16000, "hello")], processor)
+    reference, _ = _prepare([(speechy, 16000, "hello")], processor)
+    np.testing.assert_allclose(np.asarray(prepared[0]["input_features"]),
+                               np.asarray(reference[0]["input_features"]), atol=1e-2)
+    prepared, report = _prepare([(np.zeros(16000, np.float32), 16000, "silence"), (with_inf, 16000, "hello")],
+                                processor)
+    assert report.total_kept == 1 and report.counts["non_finite_audio"] == 1
+    assert report.examples["non_finite_audio"] == ["<row 1>"]
+    silent = np.asarray(prepared[0]["input_features"], dtype=np.float32)
+    assert np.isfinite(silent).all()  # all-zero audio is kept: finite (constant) features, a finite loss
+    model = make_model()
+    labels = torch.tensor([prepared[0]["labels"]])
+    loss = model(torch.from_numpy(silent)[None], labels=labels).loss
+    assert torch.isfinite(loss)
+
+
+def test_metadata_paths_cannot_escape_the_dataset_root(tmp_path, speech_clips):
+    from hf_dynasr.data import load_speech_dataset
+
+    folder = tmp_path / "af"
+    folder.mkdir()
+    shutil.copy(speech_clips["hello world"], folder / "ok.wav")
+    (folder / "metadata.csv").write_text("file_name,transcription\nok.wav,hello world\n../../etc/passwd,x\n")
+    with pytest.raises(ValueError, match=r"audio path '\.\./\.\./etc/passwd' in .*metadata\.csv escapes its folder"):
+        load_speech_dataset(f"audiofolder:{folder}")
+    table = tmp_path / "abs.csv"
+    table.write_text(f"audio,text\n{folder / 'ok.wav'},hello world\n/etc/passwd,x\n")
+    with pytest.raises(ValueError, match=r"audio path '/etc/passwd' in .*abs\.csv escapes its folder"):
+        load_speech_dataset(f"csv:{table}")
+    jsonl = tmp_path / "jl"
+    jsonl.mkdir()
+    (jsonl / "metadata.jsonl").write_text(json.dumps({"file_name": "/etc/passwd", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="escapes its folder"):
+        load_speech_dataset(f"audiofolder:{jsonl}")
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    import hf_dynasr.checkpointing as ckpt
+
+    model = make_model()
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    ckpt.save_checkpoint(accelerator, str(folder), 2, {"step": 2}, model.config, keep_last=2)
+    before = _tree_digest(folder / "step_2")
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # write a little, then fail as a full disk does
+        with open(f, "wb") as handle:
+            handle.write(b"\0" * 10)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"disk full while writing checkpoint .*\.tmp-step_4 \(removed; the previous "
+                                      r"checkpoint .*step_2 is intact\)") as err:
+        ckpt.save_checkpoint(accelerator, str(folder), 4, {"step": 4}, model.config, keep_last=2)
+    assert err.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(folder)) == ["step_2"]
+    assert _tree_digest(folder / "step_2") == before
+    monkeypatch.setattr(torch, "save", real_save)
+    accelerator.load_state(str(folder / "step_2"))  # still loadable
+
+    def other_failure(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "read-only")
+
+    monkeypatch.setattr(accelerator, "save_state", other_failure)
+    with pytest.raises(PermissionError):  # other errors pass through unchanged, the temp folder still goes
+        ckpt.save_checkpoint(accelerator, str(folder), 6, {"step": 6}, model.config, keep_last=2)
+    assert sorted(os.listdir(folder)) == ["step_2"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = make_model()
+    model.add_subnet("small", components=list(range(0, len(model.component_index), 3)))
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    model.save_pretrained(path)
+    return path, model
+
+
+def _spy_torch_load(monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(args[:1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def test_hub_loadable_files_never_go_through_torch_load(checkpoint, monkeypatch):
+    from transformers import AutoModelForCTC, dynamic_module_utils
+
+    import hf_dynasr  # noqa: F401  (registers the Auto classes: no trust_remote_code needed)
+
+    path, model = checkpoint
+    calls = _spy_torch_load(monkeypatch)
+
+    def no_remote_code(*args, **kwargs):
+        raise AssertionError("remote code was requested")
+
+    monkeypatch.setattr(dynamic_module_utils, "get_class_from_dynamic_module", no_remote_code)
+    full = AutoModelForCTC.from_pretrained(path)
+    small = AutoModelForCTC.from_pretrained(path, subnet="small")
+    assert type(full).__name__ == "DynaSRForCTC" and small.config.active_subnet == "small"
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), model.state_dict().values()))
+    assert calls == []
+
+
+@pytest.fixture
+def pickled(checkpoint, tmp_path):
+    path, model = checkpoint
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(path / "config.json", folder / "config.json")
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return folder
+
+
+def test_pickle_only_checkpoint_is_refused_for_a_size(pickled, monkeypatch):
+    from hf_dynasr import DynaSRForCTC
+    from hf_dynasr.lazy_loading import CheckpointFormatError
+
+    calls = _spy_torch_load(monkeypatch)
+    with pytest.raises(CheckpointFormatError, match=r"holds pickled weights \(pytorch_model\.bin\), not "
+                                                    r"model\.safetensors; hf_dynasr loads only safetensors"):
+        DynaSRForCTC.from_pretrained(pickled, subnet="small")
+    assert calls == []
+
+
+def test_pickle_only_checkpoint_is_refused_for_the_whole_model(pickled, monkeypatch):
+    from hf_dynasr import DynaSRForCTC
+
+    calls = _spy_torch_load(monkeypatch)
+    with pytest.raises(OSError, match="model.safetensors"):
+        DynaSRForCTC.from_pretrained(pickled)
+    assert calls == []
+
+
+def test_whole_model_load_of_bad_weights_fails_loudly(checkpoint, tmp_path, caplog):
+    """Truncated/corrupted safetensors and a spec that disagrees with the weights: an error, never random init."""
+    from safetensors import SafetensorError
+
+    from hf_dynasr import DynaSRForCTC
+
+    path, _ = checkpoint
+    truncated = tmp_path / "truncated"
+    shutil.copytree(path, truncated)
+    weights = truncated / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(SafetensorError, match="incomplete metadata, file not fully covered"):
+        DynaSRForCTC.from_pretrained(truncated)
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(path, corrupted)
+    data = bytearray((corrupted / "model.safetensors").read_bytes())
+    data[8:40] = b"x" * 32  # the JSON header
+    (corrupted / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(SafetensorError, match="invalid JSON in header"):
+        DynaSRForCTC.from_pretrained(corrupted)
+    with pytest.raises(OSError, match="truncated or corrupted"):
+        DynaSRForCTC.from_pretrained(corrupted, subnet="small")
+
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(path, mismatch)
+    config = json.loads((mismatch / "config.json").read_text())
+    config["architecture_spec"][1]["ffn2"] = 96
+    (mismatch / "config.json").write_text(json.dumps(config))
+    caplog.clear()
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        DynaSRForCTC.from_pretrained(mismatch)
+    report = caplog.text  # transformers' load report (a warning) names each tensor and both shapes
+    assert "dynasr.layers.1.ffn2.linear_in.weight" in report and "torch.Size([96, 64])" in report
