@@ -11,6 +11,8 @@ from conftest import REPO, run_train
 from safetensors.torch import load_file
 
 SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
+DDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def _data_args(corpus):
@@ -45,17 +47,50 @@ def test_tiny_training_learns(smoke_corpus, tmp_path):
 def test_two_process_ddp_on_cpu(smoke_corpus, tmp_path):
     """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2: gloo DDP, same weights on both."""
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     run_train(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--max_steps", "12",
                "--save_steps", "0", "--logging_steps", "1", "--num_processes", "2"],
-              launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+              launcher=DDP_LAUNCHER, env={"ACCELERATE_USE_CPU": "1"})
     results = _results(out)
     assert results["num_processes"] == 2
     checksums = results["rank_weight_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     history = results["history"]
     assert history[-1]["loss/full"] < history[0]["loss/full"]
+
+
+def test_two_process_supernet_makes_the_same_choices_on_both_ranks(smoke_corpus, tmp_path):
+    """Stage 1 and stage 2 subnet choices are gathered from both processes at every step and compared."""
+    out = tmp_path / "ddp_supernet"
+    run_train(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--max_steps", "8",
+               "--save_steps", "0", "--num_processes", "2", "--subnets", '{"small": 0.5, "mid": 0.75}',
+               "--selection", '{"method": "ortho_softmax", "criterion": "flops", "stage1_fraction": 0.5}'],
+              launcher=DDP_LAUNCHER, env={"ACCELERATE_USE_CPU": "1"})
+    results = _results(out)
+    choices = results["subnet_choices"]
+    assert len(choices) == 8
+    assert all(len(per_rank) == 2 and per_rank[0] == per_rank[1] for per_rank in choices)
+    assert len({tuple(per_rank[0]) for per_rank in choices[:4]}) >= 1  # stage 1: full + one soft size
+    assert all(per_rank[0][:2] == [-1, 0] for per_rank in choices[4:])  # stage 2: full + smallest + ...
+    checksums = results["rank_weight_checksums"]
+    assert checksums[0] == checksums[1]
+
+
+def test_two_process_dmao_reshape_keeps_ranks_identical(smoke_corpus, tmp_path):
+    out = tmp_path / "ddp_dmao"
+    model = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+             "conv_kernel_size": 15, "frontend_type": "conv2d4x", "frontend_channels": 16,
+             "conv_granularity": "chunk", "reference_duration_s": 2.0}
+    run_train(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--max_steps", "8",
+               "--save_steps", "0", "--num_processes", "2", "--model", json.dumps(model),
+               "--dmao", '{"events": [0.5], "update_every": 1}'],
+              launcher=DDP_LAUNCHER, env={"ACCELERATE_USE_CPU": "1"})
+    events = [json.loads(line) for line in (out / "dmao_events.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and events[0]["before"] != events[0]["after"]
+    results = _results(out)
+    checksums = results["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["architecture_spec"] == events[0]["after"]
 
 
 def test_process_count_is_checked(smoke_corpus, tmp_path):

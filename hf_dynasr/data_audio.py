@@ -1,0 +1,123 @@
+"""Audio decoding for hf_dynasr.data: any source to mono float32 at a target rate, band-limited resampling.
+
+``load_audio`` reads a path, encoded bytes, a ``{"path", "bytes"}`` or ``{"array", "sampling_rate"}`` dict
+or a ``datasets`` decoded audio object (soundfile first, torchcodec as a fallback for other containers),
+downmixes to mono and resamples with a windowed-sinc filter (``resample``, no torchaudio needed).
+``prepare_dataset`` (``hf_dynasr.data_prepare``) decodes every row through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .processing import SAMPLING_RATE
+
+__all__ = ["AudioDecodeError", "load_audio", "resample"]
+
+
+class AudioDecodeError(RuntimeError):
+    """The audio exists but cannot be decoded (corrupt, or a format no installed decoder reads)."""
+
+
+def load_audio(source: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Decode ``source`` to mono float32 at ``sampling_rate``.
+
+    ``source``: a path, encoded bytes, a ``{"path", "bytes"}`` dict (``Audio(decode=False)`` rows), a
+    ``{"array", "sampling_rate"}`` dict, or a ``datasets`` decoded audio object. Raises
+    ``FileNotFoundError`` if there is no bytes and the path does not exist, ``AudioDecodeError`` if it
+    cannot be decoded. Empty audio gives an empty array (no error).
+    """
+    data, orig_sr = _read_audio(source)
+    data = _pcm_to_float(np.asarray(data))
+    # in-memory arrays may be [channels, samples]; a 0-sample file reads as [0, 1] and must stay empty
+    if data.ndim == 2 and 0 < data.shape[0] < data.shape[1] and data.shape[0] <= 8:
+        data = data.T
+    mono = data.mean(axis=1) if data.ndim == 2 else data
+    return resample(mono, int(orig_sr), sampling_rate)
+
+
+def _pcm_to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM (an int16 array, or a list of ints from a datasets table) -> float32 in [-1, 1)."""
+    if data.dtype.kind not in "iu":
+        return data.astype(np.float32, copy=False)
+    if data.dtype == np.uint8:  # 8-bit WAV is offset binary
+        return (data.astype(np.float32) - 128.0) / 128.0
+    bits = 8 * data.dtype.itemsize
+    if bits == 64:  # python ints lost their width: 16-bit PCM unless the values need more
+        bits = 16 if data.size == 0 or np.abs(data).max() <= 32768 else 32
+    return (data / float(2 ** (bits - 1))).astype(np.float32)
+
+
+def _read_audio(source: Any) -> tuple[np.ndarray, int]:
+    """-> (samples [n] or [n, channels], sampling rate)."""
+    data = path = None
+    if isinstance(source, Mapping):
+        if source.get("array") is not None:
+            return np.asarray(source["array"]), int(source["sampling_rate"])
+        data, path = source.get("bytes"), source.get("path")
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+    elif hasattr(source, "get_all_samples"):  # datasets/torchcodec AudioDecoder
+        try:
+            samples = source.get_all_samples()
+        except Exception as exc:
+            raise AudioDecodeError(f"{type(exc).__name__}: {exc}") from exc
+        return samples.data.numpy().T, int(samples.sample_rate)
+    else:
+        raise TypeError(f"cannot read audio from {type(source).__name__}")
+    if data is None:
+        if not path:
+            raise FileNotFoundError("no audio bytes and no path")
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+    try:
+        array, sr = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=True)
+        return array, sr
+    except Exception as sf_error:
+        try:  # other containers (mp3 on old libsndfile, m4a, ...) via FFmpeg
+            from torchcodec.decoders import AudioDecoder
+        except Exception:
+            raise AudioDecodeError(f"soundfile: {sf_error} (torchcodec unavailable)") from sf_error
+        try:
+            samples = AudioDecoder(data if data is not None else path).get_all_samples()
+        except Exception as exc:
+            raise AudioDecodeError(f"soundfile: {sf_error}; torchcodec: {str(exc).splitlines()[0]}") from exc
+        return samples.data.numpy().T, int(samples.sample_rate)
+
+
+@functools.lru_cache(maxsize=16)
+def _sinc_kernel(orig: int, new: int, lowpass_filter_width: int = 6, rolloff: float = 0.99):
+    """Hann-windowed sinc polyphase kernel (the same construction as torchaudio.functional.resample)."""
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
+    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + idx) * base
+    t = t.clamp(-lowpass_filter_width, lowpass_filter_width)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base / orig)
+    return kernel.to(torch.float32), width
+
+
+def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Band-limited resampling of a 1-D float signal (no torchaudio needed)."""
+    x = np.asarray(x, dtype=np.float32)
+    if orig_sr == new_sr or x.size == 0:
+        return x if orig_sr == new_sr else np.zeros(0, np.float32)
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    kernel, width = _sinc_kernel(orig, new)
+    wav = torch.nn.functional.pad(torch.from_numpy(x)[None, None], (width, width + orig))
+    out = torch.nn.functional.conv1d(wav, kernel, stride=orig).transpose(1, 2).reshape(-1)
+    return out[: math.ceil(new * x.size / orig)].numpy()

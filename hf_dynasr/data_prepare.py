@@ -1,0 +1,272 @@
+"""Robust preparation of speech datasets for hf_dynasr: features, labels, filtering with a report.
+
+``prepare_dataset`` decodes (``hf_dynasr.data_audio.load_audio``), featurises and tokenises every row once
+and drops unusable rows, counting them per reason (:data:`DROP_REASONS`) in a :class:`FilterReport`;
+``ctc_output_length`` is the encoder frame count the CTC feasibility check uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Array2D, Audio, Dataset, Features, IterableDataset, Value
+
+try:  # datasets >= 4
+    from datasets import List as _ListFeature
+except ImportError:  # pragma: no cover
+    from datasets import Sequence as _ListFeature
+
+from .data_audio import load_audio
+from .processing import SAMPLING_RATE
+
+logger = logging.getLogger("hf_dynasr.data")  # the name these log lines had before the split
+_IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked datasets.map worker
+
+__all__ = ["DROP_REASONS", "FilterReport", "ctc_output_length", "prepare_dataset"]
+
+
+DROP_REASONS = ("missing_audio", "unreadable_audio", "empty_audio", "non_finite_audio", "too_short", "too_long",
+                "empty_transcript", "oov_characters", "ctc_infeasible", "processing_error")
+
+
+def ctc_output_length(num_frames, subsampling_factor: int = 4):
+    """Encoder output frames for ``num_frames`` feature frames (ints, numpy arrays or tensors).
+
+    Mirrors the frontend's time subsampling (two halvings with floor: floor(floor(T/2)/2) = T // 4, as in
+    ``frontend_dynasr.subsampled_lengths``). Keep the two in step (a test compares them).
+    """
+    return num_frames // subsampling_factor
+
+
+@dataclasses.dataclass
+class FilterReport:
+    """What ``prepare_dataset`` kept and dropped. For streaming datasets it fills up during iteration."""
+
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: {r: 0 for r in DROP_REASONS})
+    examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    details: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    total_kept: int = 0
+    kept_seconds: float = 0.0
+    max_examples: int = 5
+    streaming: bool = False
+
+    @property
+    def total_dropped(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def total(self) -> int:
+        return self.total_kept + self.total_dropped
+
+    def add(self, reason: str, path: str = "", detail: str = "", duration: float = 0.0) -> None:
+        if not reason:
+            self.total_kept += 1
+            self.kept_seconds += float(duration)
+            return
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < self.max_examples:
+            examples.append(path)
+            self.details.setdefault(reason, []).append(detail)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_kept": self.total_kept, "total_dropped": self.total_dropped,
+                "kept_hours": self.kept_seconds / 3600, "counts": dict(self.counts),
+                "examples": {k: list(v) for k, v in self.examples.items()}}
+
+    def __str__(self) -> str:
+        lines = [f"FilterReport{' (streaming, so far)' if self.streaming else ''}: kept {self.total_kept} of "
+                 f"{self.total} ({self.kept_seconds / 3600:.3f} h), dropped {self.total_dropped}"]
+        for reason, n in self.counts.items():
+            if n:
+                shown = ", ".join(f"{p} ({d})" if d else p for p, d in zip(self.examples[reason], self.details[reason]))
+                lines.append(f"  {reason}: {n}  e.g. {shown}")
+        return "\n".join(lines)
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def _audio_path(audio: Any) -> str:
+    if isinstance(audio, Mapping):
+        return audio.get("path") or ""
+    if isinstance(audio, (str, os.PathLike)):
+        return os.fspath(audio)
+    return ""
+
+
+def _prepare_one(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
+    """-> (text, features [T, n_mels], labels, duration) or raise _Drop."""
+    try:
+        array = load_audio(audio, o["sampling_rate"])
+    except FileNotFoundError as exc:
+        raise _Drop("missing_audio", f"not found: {exc}") from None
+    except Exception as exc:
+        raise _Drop("unreadable_audio", f"{type(exc).__name__}: {exc}"[:300]) from None
+    if array.size == 0:
+        raise _Drop("empty_audio")
+    if not np.isfinite(array).all():
+        raise _Drop("non_finite_audio")
+    duration = array.size / o["sampling_rate"]
+    if duration < o["min_duration_s"]:
+        raise _Drop("too_short", f"{duration:.2f} s")
+    if o["max_duration_s"] is not None and duration > o["max_duration_s"]:
+        raise _Drop("too_long", f"{duration:.2f} s")
+
+    text = " ".join((text or "").split())
+    if not text:
+        raise _Drop("empty_transcript")
+    bad = set(text) - o["allowed_chars"]
+    if bad:
+        if o["oov"] == "drop":
+            raise _Drop("oov_characters", repr("".join(sorted(bad))))
+        if o["oov"] == "remove":
+            text = " ".join("".join(c for c in text if c not in bad).split())
+            if not text:
+                raise _Drop("empty_transcript", "empty after removing OOV characters")
+    labels = list(o["tokenizer"](text, add_special_tokens=False)["input_ids"])
+
+    fe = o["feature_extractor"]
+    out = fe(array, sampling_rate=o["sampling_rate"], return_tensors="np", return_attention_mask=True)
+    features = out["input_features"][0]
+    num_frames = int(out["attention_mask"][0].sum()) if "attention_mask" in out else features.shape[0]
+    features = np.ascontiguousarray(features[:num_frames], dtype=np.float32)
+
+    needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))  # a blank between repeats
+    available = int(ctc_output_length(num_frames, o["subsampling_factor"]))
+    if needed > available:
+        raise _Drop("ctc_infeasible", f"needs {needed} output frames, has {available}")
+    return text, features, labels, duration
+
+
+def _prepare_batch(batch: dict[str, list], **o) -> dict[str, list]:
+    if os.getpid() != _IMPORT_PID and torch.get_num_threads() != 1:
+        # A forked map worker: the parent's OpenMP pool does not survive fork(), and entering it deadlocks.
+        torch.set_num_threads(1)
+    audio_column, text_column, n_mels = o["audio_column"], o["text_column"], o["n_mels"]
+    out: dict[str, list] = {k: [] for k in (text_column, "input_features", "labels", "input_length", "duration",
+                                            "_drop_reason", "_drop_path", "_drop_detail")}
+    for audio, text in zip(batch[audio_column], batch[text_column]):
+        reason = detail = ""
+        try:
+            text, features, labels, duration = _prepare_one(audio, text, o)
+        except _Drop as drop:
+            reason, detail = drop.reason, drop.detail
+            features, labels, duration = np.zeros((0, n_mels), np.float32), [], 0.0
+        except Exception as exc:  # an odd row must not kill a long map; it is reported instead
+            reason, detail = "processing_error", f"{type(exc).__name__}: {exc}"[:300]
+            features, labels, duration = np.zeros((0, n_mels), np.float32), [], 0.0
+        out[text_column].append(text if isinstance(text, str) else "")
+        out["input_features"].append(features)
+        out["labels"].append(labels)
+        out["input_length"].append(features.shape[0])
+        out["duration"].append(duration)
+        out["_drop_reason"].append(reason)
+        out["_drop_path"].append(_audio_path(audio))
+        out["_drop_detail"].append(detail)
+    return out
+
+
+_HELPER_COLUMNS = ["_drop_reason", "_drop_path", "_drop_detail"]
+
+
+def prepare_dataset(
+    ds: Dataset | IterableDataset,
+    feature_extractor,
+    tokenizer,
+    *,
+    min_duration_s: float = 0.1,
+    max_duration_s: float | None = 30.0,
+    subsampling_factor: int = 4,
+    oov: str = "drop",
+    text_column: str = "text",
+    audio_column: str = "audio",
+    num_proc: int = 1,
+    batch_size: int = 64,
+    max_examples: int = 5,
+) -> tuple[Dataset | IterableDataset, FilterReport]:
+    """Decode, featurise and tokenise a speech dataset once, dropping (and counting) unusable rows.
+
+    Adds ``input_features`` ([T, n_mels] float32 log-mel, only the T = samples // hop valid frames),
+    ``labels`` (token ids), ``input_length`` (T) and ``duration`` (seconds); removes the audio column.
+    Audio is decoded here (not by ``datasets``), downmixed to mono and resampled to the feature
+    extractor's rate. Dropped, in this order of checks (see :data:`DROP_REASONS`): missing/unreadable
+    audio, empty audio, non-finite samples, duration outside [min_duration_s, max_duration_s], empty
+    transcripts, characters outside the tokenizer vocabulary (``oov="drop"``; ``"remove"`` deletes them,
+    ``"unk"`` maps them to the unknown token), and CTC-infeasible rows (labels + repeats >
+    ``ctc_output_length(T, subsampling_factor)``).
+
+    Returns ``(prepared, report)``. For an ``IterableDataset`` the work is lazy and ``report`` fills up
+    as the result is iterated in this process.
+    """
+    if oov not in ("drop", "remove", "unk"):
+        raise ValueError(f"oov must be 'drop', 'remove' or 'unk', got {oov!r}")
+    vocab = tokenizer.get_vocab()
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    allowed = {tok for tok in vocab if len(tok) == 1 and tok not in specials}
+    delimiter = getattr(tokenizer, "word_delimiter_token", None)
+    if delimiter in vocab:
+        allowed.add(" ")
+    if oov == "unk" and getattr(tokenizer, "unk_token", None) not in vocab:
+        raise ValueError("oov='unk' needs a tokenizer with an unk token")
+    n_mels = int(getattr(feature_extractor, "feature_size", 80))
+    options = dict(
+        audio_column=audio_column, text_column=text_column, n_mels=n_mels,
+        sampling_rate=int(getattr(feature_extractor, "sampling_rate", SAMPLING_RATE)),
+        feature_extractor=feature_extractor, tokenizer=tokenizer, allowed_chars=frozenset(allowed), oov=oov,
+        min_duration_s=float(min_duration_s or 0.0), max_duration_s=max_duration_s,
+        subsampling_factor=subsampling_factor,
+    )
+    features = ds.features
+    if features is not None and isinstance(features.get(audio_column), Audio):
+        ds = ds.cast_column(audio_column, Audio(decode=False))
+        features = ds.features
+    out_features = None
+    if features is not None:
+        out_features = Features({k: v for k, v in features.items() if k != audio_column})
+        out_features.update({
+            text_column: Value("string"),
+            "input_features": Array2D(shape=(None, n_mels), dtype="float32"),
+            "labels": _ListFeature(Value("int32")),
+            "input_length": Value("int32"),
+            "duration": Value("float32"),
+            **{c: Value("string") for c in _HELPER_COLUMNS},
+        })
+    report = FilterReport(max_examples=max_examples)
+    map_kwargs = dict(batched=True, batch_size=batch_size, remove_columns=[audio_column], features=out_features,
+                      fn_kwargs=options)
+
+    if isinstance(ds, IterableDataset):
+        report.streaming = True
+
+        def account(reason, path, detail, duration):
+            report.add(reason, path, detail, duration)
+            return reason == ""
+
+        mapped = ds.map(_prepare_batch, **map_kwargs)
+        prepared = mapped.filter(account, input_columns=["_drop_reason", "_drop_path", "_drop_detail", "duration"])
+        return prepared.remove_columns(_HELPER_COLUMNS), report
+
+    mapped = ds.map(_prepare_batch, writer_batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
+                    desc="Preparing speech features", **map_kwargs)
+    meta = mapped.select_columns(_HELPER_COLUMNS + ["duration"]).with_format(None)[:]
+    kept = []
+    for i, (reason, path, detail, duration) in enumerate(
+        zip(meta["_drop_reason"], meta["_drop_path"], meta["_drop_detail"], meta["duration"])
+    ):
+        report.add(reason, path or f"<row {i}>", detail, duration)
+        if not reason:
+            kept.append(i)
+    prepared = mapped.select(kept) if len(kept) < len(mapped) else mapped
+    prepared = prepared.remove_columns(_HELPER_COLUMNS)
+    logger.info("%s", report)
+    return prepared, report

@@ -1,0 +1,157 @@
+"""Module surgery and bookkeeping of a DMAO reshape (hf_dynasr.dmao): rebuilt modules, optimizer state.
+
+`rebuild_module` builds a module holding chosen units of an old one (kept units, then copies, with the
+"copy" or "function_preserving" init and optional growth noise); `transfer_optimizer_state` swaps the new
+parameters into the optimizer and slices their state like the weights; `refresh_component_index` and
+`remap_subnets` bring the model's component index and its subnet masks in line with the new spec.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from .components import Component, ComponentIndex
+from .conformer_dynasr import MODULE_CLASSES
+
+logger = logging.getLogger("hf_dynasr.dmao")  # the name these log lines had before the split
+
+
+# --- module surgery ----------------------------------------------------------------------------------------
+def rebuild_module(old: nn.Module, name: str, comps: list[Component], old_size: int, config,
+                   init: str = "copy", noise_std: float = 0.0, gen: torch.Generator | None = None):
+    """A new module holding the units `comps` of `old` (repeats = copies, after the kept units), or None.
+
+    Returns (new module, [(old param, new param or None, (dim, indices) or None)])."""
+    if not comps:
+        return None, [(p, None, None) for p in old.parameters()]
+    units = torch.tensor([u for c in comps for u in range(c.start, c.stop)], dtype=torch.long)
+    new_size = units.numel()
+    plan = MODULE_CLASSES[name].slice_plan(units, old_size, config)
+    copy_plan = _copy_positions(name, comps, new_size, config)
+    state, slices = {}, {}
+    for pname, param in old.named_parameters():
+        entry = plan.get(pname)
+        slices[pname] = None if entry is None else entry[:2]
+        state[pname] = _slice_param(param.detach(), entry, init, noise_std, copy_plan.get(pname), gen)
+    with torch.device("meta"):
+        new = MODULE_CLASSES[name](config, new_size)
+    new.load_state_dict(state, strict=True, assign=True)
+    new.train(old.training)
+    new_params = dict(new.named_parameters())
+    swaps = []
+    for pname, param in old.named_parameters():
+        new_params[pname].requires_grad_(param.requires_grad)
+        swaps.append((param, new_params[pname], slices[pname]))
+    return new, swaps
+
+
+def _copy_positions(name, comps, new_size, config) -> dict:
+    """Per parameter: indices (in the new module) that belong to copies, for the growth noise."""
+    seen, positions, start = set(), [], 0
+    for comp in comps:
+        width = comp.stop - comp.start
+        if comp.id in seen:
+            positions.extend(range(start, start + width))
+        seen.add(comp.id)
+        start += width
+    if not positions:
+        return {}
+    plan = MODULE_CLASSES[name].slice_plan(torch.tensor(positions, dtype=torch.long), new_size, config)
+    return {pname: entry[1] for pname, entry in plan.items()}
+
+
+def _slice_param(tensor, entry, init, noise_std, copy_idx, gen) -> torch.Tensor:
+    if entry is None:
+        return tensor.clone()
+    dim, idx, outgoing = entry
+    idx = idx.to(tensor.device)
+    out = tensor.index_select(dim, idx)
+    if outgoing and init == "function_preserving":  # split the parent's output among its copies
+        counts = torch.bincount(idx, minlength=tensor.shape[dim]).to(out.dtype)
+        shape = [1] * out.dim()
+        shape[dim] = -1
+        out = out / counts[idx].view(shape)
+    if noise_std > 0 and copy_idx is not None:
+        shape = list(out.shape)
+        shape[dim] = copy_idx.numel()
+        noise = torch.randn(shape, generator=gen) * noise_std
+        out.index_add_(dim, copy_idx.to(out.device), noise.to(out.device, out.dtype))
+    return out
+
+
+# --- optimizer and model bookkeeping -----------------------------------------------------------------------
+def transfer_optimizer_state(optimizer, swaps) -> None:
+    """Swap new parameters into the param groups in place and carry their state over.
+
+    Every state tensor shaped like the old parameter (AdamW exp_avg / exp_avg_sq, SGD momentum) is sliced
+    exactly like the weight: kept units keep their moments, copies get their parent's; other entries (the
+    `step` count) are cloned. Parameters of removed modules leave the groups and the state. The group
+    dicts stay the same objects, so an LR scheduler continues unchanged."""
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps a torch one
+    by_id = {id(old): (old, new, sl) for old, new, sl in swaps}
+    for group in opt.param_groups:
+        params, keep = [], []
+        for pos, param in enumerate(group["params"]):
+            old, new, sl = by_id.get(id(param), (param, param, None))
+            if new is not param:
+                state = opt.state.pop(old, None)
+                if new is not None and state:
+                    opt.state[new] = {k: _slice_state(v, old, sl) for k, v in state.items()}
+            if new is not None:
+                params.append(new)
+                keep.append(pos)
+        if "param_names" in group:  # optimizers built from named_parameters() keep names aligned
+            group["param_names"][:] = [group["param_names"][pos] for pos in keep]
+        group["params"][:] = params
+
+
+def _slice_state(value, param, sl):
+    if not torch.is_tensor(value):
+        return copy.deepcopy(value)
+    if sl is None or value.shape != param.shape:
+        return value.clone()
+    dim, idx = sl
+    return value.index_select(dim, idx.to(value.device))
+
+
+def refresh_component_index(model) -> None:
+    """Rebuild what SubnetMixin derives from the spec: the component index, route and cost caches."""
+    model._index = ComponentIndex(model.config)
+    model._route_cache = {}
+    model._costs = None
+
+
+def remap_subnets(model, old_index: ComponentIndex, new_units: ComponentIndex, origin: dict) -> None:
+    """Carry `config.subnets` masks over a reshape: a kept unit keeps its membership, a copy inherits its
+    parent's, a dropped unit leaves every mask. At coarser granularity, a component of the new index is in
+    a mask if all its units come from components in that mask. Sizes are re-measured; a mask left empty is
+    reset to `components=None` (selection must be learned again), with a warning."""
+    for name, entry in list(model.config.subnets.items()):
+        ids = entry.get("components")
+        if ids is None:
+            continue
+        keep = set(ids)
+        new_ids = [comp.id for comp in model.component_index
+                   if all(_owner(old_index, origin[(u.block, u.module, u.start)]) in keep
+                          for u in _units_in(new_units, comp))]
+        if not new_ids:
+            logger.warning("DMAO: subnet '%s' lost all its components; its mask is reset to None", name)
+            model.config.subnets[name] = {**entry, "components": None}
+            continue
+        fresh = model.add_subnet(name, new_ids, criterion=entry.get("criterion") or "manual",
+                                 target=entry.get("target"))
+        model.config.subnets[name] = {**entry, **fresh}
+        logger.info("DMAO: remapped subnet '%s' mask: %d -> %d components (%d -> %d params)", name,
+                    len(ids), len(new_ids), entry.get("num_parameters", -1), fresh["num_parameters"])
+
+
+def _units_in(units: ComponentIndex, comp: Component) -> list[Component]:
+    return [u for u in units.by_module[(comp.block, comp.module)] if comp.start <= u.start < comp.stop]
+
+
+def _owner(index: ComponentIndex, unit: Component) -> int:
+    return next(c.id for c in index.by_module[(unit.block, unit.module)] if c.start <= unit.start < c.stop)

@@ -1,0 +1,314 @@
+"""Model cards of hf_dynasr supernets and their sizes (`render_model_card` and its helpers).
+
+Cards are rendered from the templates in `model_cards/` with `huggingface_hub.ModelCard.from_template`:
+the size table (parameters, FLOPs, WER/CER per eval set, latency), the kept units per block, the training
+details safe to publish, and the `model-index` evaluation results. `hf_dynasr.export` writes them into an
+export folder; `hf_dynasr.hub` re-renders them with the real repository ids at push time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .metrics import FULL, format_count
+
+logger = logging.getLogger("hf_dynasr.hub")  # the name these log lines had before the split
+
+TAGS = ["hf_dynasr", "ctc", "conformer", "supernet", "automatic-speech-recognition"]
+PIPELINE_TAG = "automatic-speech-recognition"
+TEMPLATE_ENV = "HF_DYNASR_CARD_TEMPLATES"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SECRET = re.compile(r"token|secret|password|passwd|credential|auth|api_key", re.IGNORECASE)
+
+
+def template_dir(path=None) -> Path:
+    """Folder of the card templates: `path`, `$HF_DYNASR_CARD_TEMPLATES`, or the repository's `model_cards/`."""
+    candidates = [path, os.environ.get(TEMPLATE_ENV), Path(__file__).resolve().parent.parent / "model_cards"]
+    for cand in candidates:
+        if cand and (Path(cand) / "supernet.md").is_file() and (Path(cand) / "size.md").is_file():
+            return Path(cand)
+    raise FileNotFoundError(
+        "model card templates (supernet.md, size.md) not found; pass template_dir=... or set "
+        f"{TEMPLATE_ENV} to the hf_dynasr repository's model_cards/ folder"
+    )
+
+
+def load_results(results) -> list[dict]:
+    """Evaluation results (from `evaluate_checkpoint` / `scripts/evaluate.py`) as a list, one per eval set:
+    accepts None, a dict, a JSON path, or a list of those."""
+    if results is None:
+        return []
+    if isinstance(results, (str, os.PathLike, Mapping)):
+        results = [results]
+    out = []
+    for item in results:
+        if isinstance(item, (str, os.PathLike)):
+            with open(item, encoding="utf-8") as f:
+                item = json.load(f)
+        if isinstance(item, list):
+            out.extend(load_results(item))
+        elif isinstance(item, Mapping):
+            if "sizes" not in item:
+                raise ValueError("evaluation results need a 'sizes' mapping (output of scripts/evaluate.py)")
+            out.append(dict(item))
+        else:
+            raise TypeError(f"cannot read evaluation results from {type(item).__name__}")
+    return out
+
+
+def clean_training_details(training: Mapping | None) -> dict:
+    """Training details safe to publish: JSON scalars and short lists only, never anything secret-like."""
+    out = {}
+    for key, value in (training or {}).items():
+        if _SECRET.search(str(key)):
+            continue
+        if isinstance(value, Mapping):
+            value = clean_training_details(value)
+            if not value:
+                continue
+        elif isinstance(value, (list, tuple)):
+            if len(value) > 20 or not all(isinstance(v, (str, int, float, bool)) or v is None for v in value):
+                continue
+            value = list(value)
+        elif not (isinstance(value, (str, int, float, bool)) or value is None):
+            continue
+        out[str(key)] = value
+    return out
+
+
+def read_training_details(checkpoint) -> dict:
+    """`training_details.json`, else selected fields of `training_args.json`, of a local checkpoint."""
+    if checkpoint is None or not os.path.isdir(checkpoint):
+        return {}
+    for name in ("training_details.json", "training_args.json"):
+        path = os.path.join(checkpoint, name)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return clean_training_details(json.load(f))
+            except (OSError, ValueError):
+                logger.warning("could not read %s", path)
+    return {}
+
+
+def _dataset_id(res: Mapping) -> str:
+    """A Hub dataset id as is; a local corpus (path or `kind:path` spec) by its folder name."""
+    name = str(res.get("dataset") or "unknown")
+    if name.startswith("hub:"):
+        return name[4:]
+    kind, sep, rest = name.partition(":")
+    local = rest if sep and kind in ("audiofolder", "csv", "librispeech") else name
+    if sep and local is name:
+        return name
+    if os.path.isabs(local) or local.startswith(".") or os.path.exists(local) or local is not name:
+        return os.path.basename(os.path.normpath(local)) or name
+    return name
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _eval_results(evals: list[dict], sizes: Iterable[str], per_size_names: bool):
+    from huggingface_hub import EvalResult
+
+    out = []
+    for res in evals:
+        for size in sizes:
+            row = res["sizes"].get(size)
+            if not row:
+                continue
+            for metric in ("wer", "cer"):
+                if not _finite(row.get(metric)):
+                    continue
+                out.append(EvalResult(
+                    task_type=PIPELINE_TAG, task_name="Automatic Speech Recognition",
+                    dataset_type=_dataset_id(res), dataset_name=_dataset_id(res), dataset_split=res.get("split"),
+                    metric_type=metric, metric_value=round(100 * row[metric], 2),
+                    metric_name=f"{metric.upper()} ({size})" if per_size_names else metric.upper(),
+                    metric_config=size,
+                ))
+    return out or None
+
+
+def _size_rows(config, evals: list[dict]) -> list[dict]:
+    """One row per size (named subnets with a selection, plus "full"): name and costs."""
+    from .components import ComponentIndex
+    from .costs_dynasr import count_parameters, measure_flops
+
+    total = len(ComponentIndex(config))
+    rows = []
+    for name, entry in config.subnets.items():
+        ids = entry.get("components")
+        if ids is None:
+            continue
+        rows.append({"name": name, "num_parameters": entry.get("num_parameters"), "flops": entry.get("flops"),
+                     "components": sorted(ids), "covers_all": len(set(ids)) == total})
+    if not any(r["covers_all"] for r in rows):
+        measured = next((r["sizes"].get(FULL) for r in evals if FULL in r["sizes"]), None) or {}
+        rows.append({"name": FULL, "components": list(range(total)), "covers_all": True,
+                     "num_parameters": measured.get("num_parameters") or count_parameters(config),
+                     "flops": measured.get("flops") or measure_flops(config)})
+    rows.sort(key=lambda r: (r["num_parameters"] or 0, r["flops"] or 0))
+    return rows
+
+
+def _size_table(rows: list[dict], evals: list[dict], highlight: str | None = None) -> str:
+    head = ["size", "params", "FLOPs"]
+    for res in evals:
+        label = _dataset_id(res) + (f" {res['split']}" if res.get("split") else "")
+        head += [f"WER % ({label})", f"CER % ({label})"]
+    has_latency = any("latency_ms" in (res["sizes"].get(r["name"]) or {}) for res in evals for r in rows)
+    if has_latency:
+        head.append("latency ms")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for row in rows:
+        name = f"**{row['name']}**" if row["name"] == highlight else row["name"]
+        cells = [name, format_count(row["num_parameters"]), format_count(row["flops"])]
+        for res in evals:
+            got = res["sizes"].get(row["name"]) or {}
+            cells += [f"{100 * got[m]:.2f}" if _finite(got.get(m)) else "-" for m in ("wer", "cer")]
+        if has_latency:
+            lat = next((res["sizes"][row["name"]].get("latency_ms") for res in evals
+                        if res["sizes"].get(row["name"], {}).get("latency_ms") is not None), None)
+            cells.append("-" if lat is None else f"{lat:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _eval_note(evals: list[dict]) -> str:
+    notes = []
+    for res in evals:
+        if res.get("num_utterances"):
+            notes.append(f"`{_dataset_id(res)}`{' (' + res['split'] + ')' if res.get('split') else ''}: "
+                         f"{res['num_utterances']} utterances, {res.get('audio_duration_s', 0):.1f} s")
+    machine = next((r["machine"] for r in evals if r.get("machine")), None)
+    duration = next((r["latency_setup"].get("duration_s") for r in evals if r.get("latency_setup")), 10.0)
+    text = ""
+    if notes:
+        text += "WER and CER are corpus-level, greedy CTC decoding, normalised text (lowercase, no punctuation); " \
+                "eval sets: " + "; ".join(notes) + ". "
+    if machine and any("latency_ms" in s for r in evals for s in r["sizes"].values()):
+        text += (f"Latency: median model forward at batch 1 on {duration:g} s of audio, {machine.get('cpu')}, "
+                 f"{machine.get('num_threads')} threads.")
+    return text
+
+
+def _spec_cell(block: dict) -> str:
+    return f"{block['ffn1']}/{block['mhsa']}/{block['conv']}/{block['ffn2']}"
+
+
+def _components_section(config, rows: list[dict], only: str | None = None) -> str:
+    from .components import ComponentIndex
+
+    index = ComponentIndex(config)
+    rows = [r for r in rows if only is None or r["name"] == only]
+    specs = {r["name"]: index.spec_for(config, r["components"]) for r in rows}
+    head = "| block | " + " | ".join(r["name"] for r in rows) + " |"
+    lines = ["Kept units per block, as FFN1 units / attention heads / conv channels / FFN2 units "
+             f"(the supernet has {_spec_cell(config.architecture_spec[0])} in block 0).", "",
+             head, "|---|" + "---:|" * len(rows)]
+    for b in range(len(config.architecture_spec)):
+        lines.append(f"| {b} | " + " | ".join(_spec_cell(specs[r["name"]][b]) for r in rows) + " |")
+    lines.append("")
+    for r in rows:
+        if r["covers_all"]:
+            continue
+        names = ", ".join(index[i].name for i in r["components"])
+        lines += [f"<details><summary>{r['name']}: {len(r['components'])} of {len(index)} components "
+                  f"(granularity {config.granularity})</summary>", "", names, "", "</details>", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _training_section(training: Mapping) -> str:
+    if not training:
+        return "Training details were not recorded with this checkpoint."
+    lines = []
+    for key, label in (("method", "Method"), ("schedule", "Schedule"), ("data", "Data")):
+        if training.get(key) not in (None, "", [], {}):
+            value = training[key]
+            lines.append(f"- **{label}:** {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    rest = {k: v for k, v in training.items() if k not in ("method", "schedule", "data")}
+    if rest:
+        lines += ["", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in rest.items()]
+    return "\n".join(lines)
+
+
+def _architecture(config) -> str:
+    return (f"{config.num_hidden_layers} Conformer blocks, d={config.hidden_size}, {config.num_attention_heads} heads, "
+            f"FFN {config.intermediate_size}, conv {config.conv_channels} channels (kernel {config.conv_kernel_size}), "
+            f"{config.frontend_type} frontend (4x subsampling), {config.vocab_size} CTC labels")
+
+
+def render_model_card(
+    supernet_config,
+    *,
+    size: str | None = None,
+    repo_id: str | None = None,
+    supernet_repo: str | None = None,
+    revision: str | None = None,
+    results=None,
+    training: Mapping | None = None,
+    plot_file: str | None = None,
+    size_refs: Mapping[str, str] | None = None,
+    onnx: bool = False,
+    license: str = "apache-2.0",
+    datasets: list[str] | None = None,
+    template_path=None,
+    language_model: Mapping | None = None,
+):
+    """The model card (`huggingface_hub.ModelCard`) of the supernet (`size=None`) or of one size.
+
+    `supernet_config`: the supernet's config (sizes, specs, costs). `repo_id`: where this card lives;
+    `supernet_repo`: the supernet's repo (size cards); `revision`: the branch of a size (branch layout);
+    `results`: evaluation results (see `load_results`); `size_refs`: {size: "org/name-40M" or
+    "org/name@40M"} listed on the supernet card; `language_model`: `lm_decoding.lm_summary` of a shipped LM."""
+    import transformers
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from . import __version__
+
+    evals = load_results(results)
+    training = clean_training_details(training)
+    rows = _size_rows(supernet_config, evals)
+    names = [r["name"] for r in rows]
+    if size is not None and size not in names:
+        raise ValueError(f"unknown size {size!r}; available: {', '.join(names)}")
+    repo_id = repo_id or "<your-org>/<model>"
+    supernet_repo = supernet_repo or repo_id
+    title_repo = repo_id.split("/")[-1]
+    datasets = list(dict.fromkeys([*(datasets or []), *([training["dataset"]] if isinstance(
+        training.get("dataset"), str) else [])]))
+    data = ModelCardData(
+        license=license, tags=list(TAGS), pipeline_tag=PIPELINE_TAG, library_name="transformers",
+        datasets=datasets or None, model_name=title_repo,
+        eval_results=_eval_results(evals, [size] if size else names, per_size_names=size is None),
+        base_model=supernet_repo if size is not None and _REPO_ID.match(supernet_repo) else None,
+    )
+    row = next((r for r in rows if r["name"] == size), None)
+    context = dict(
+        title=title_repo if size is None else f"{title_repo} ({size})",
+        repo_id=repo_id, supernet_repo=supernet_repo, revision=revision, size=size,
+        supernet_url=f"https://huggingface.co/{supernet_repo}",
+        sizes=names, example_size=next((n for n in names if n != FULL), FULL),
+        size_table=_size_table(rows, evals, highlight=size), eval_note=_eval_note(evals),
+        plot_file=plot_file, onnx=onnx, language_model=language_model,
+        size_repos=[{"name": k, "ref": f"`{v}`"} for k, v in (size_refs or {}).items()],
+        components=_components_section(supernet_config, rows, only=size),
+        training=_training_section(training), architecture=_architecture(supernet_config),
+        reference_duration=f"{supernet_config.reference_duration_s:g}",
+        params=format_count(row["num_parameters"]) if row else None,
+        flops=format_count(row["flops"]) if row else None,
+        library_version=__version__, transformers_version=transformers.__version__,
+    )
+    name = "supernet.md" if size is None else "size.md"
+    path = Path(template_path) / name if template_path and Path(template_path).is_dir() else \
+        Path(template_path) if template_path else template_dir() / name
+    return ModelCard.from_template(data, template_path=str(path), **context)
