@@ -133,7 +133,11 @@ def dmao_reshape(dmao, model, optimizer, accelerator, args, step):
             f.write(json.dumps(report) + "\n")
     if accelerator.num_processes > 1:  # DDP must be rebuilt over the new parameters
         new_model = accelerator.prepare_model(unwrapped)
-        accelerator._models[accelerator._models.index(model)] = accelerator._models.pop()
+        # keep one entry for this model in accelerate's list (save_state writes one model_N per entry)
+        models = accelerator._models
+        first = next(i for i, m in enumerate(models) if accelerator.unwrap_model(m) is unwrapped)
+        models[:] = [m for m in models if accelerator.unwrap_model(m) is not unwrapped]
+        models.insert(first, new_model)
         model = new_model
     return model, optimizer
 
