@@ -42,6 +42,17 @@ def _gate_units(hidden_states: torch.Tensor, gate: torch.Tensor | None) -> torch
     return hidden_states * (gate if gate.dim() == 1 else gate[:, None, :])
 
 
+def gated_slice_plan(linear_in: str, linear_out: str, units: torch.Tensor, size: int) -> dict:
+    """Slice plan of a gated channel module (conv module, cgMLP): unit u owns rows u and size + u of the
+    input projection (value and gate), its depthwise channel and norm, and column u of the output projection."""
+    both = torch.cat([units, units + size])
+    plan = {f"{linear_in}.{t}": (0, both, False) for t in ("weight", "bias")}
+    for name in ("depthwise.weight", "depthwise.bias", "norm_weight", "norm_bias"):
+        plan[name] = (0, units, False)
+    plan[f"{linear_out}.weight"] = (1, units, True)
+    return plan
+
+
 def _rows(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return weight if keep is None else weight.index_select(0, keep)
 
@@ -148,12 +159,7 @@ class DynaSRConvModule(nn.Module):
 
     @staticmethod
     def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        glu_rows = torch.cat([units, units + size])
-        plan = {f"pointwise_in.{t}": (0, glu_rows, False) for t in ("weight", "bias")}
-        for name in ("depthwise.weight", "depthwise.bias", "norm_weight", "norm_bias"):
-            plan[name] = (0, units, False)
-        plan["pointwise_out.weight"] = (1, units, True)
-        return plan
+        return gated_slice_plan("pointwise_in", "pointwise_out", units, size)
 
     def __init__(self, config, channels: int):
         super().__init__()
@@ -205,12 +211,7 @@ class DynaSRConvolutionalGatingMLP(nn.Module):
 
     @staticmethod
     def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        both = torch.cat([units, units + size])
-        plan = {f"linear_in.{t}": (0, both, False) for t in ("weight", "bias")}
-        for name in ("depthwise.weight", "depthwise.bias", "norm_weight", "norm_bias"):
-            plan[name] = (0, units, False)
-        plan["linear_out.weight"] = (1, units, True)
-        return plan
+        return gated_slice_plan("linear_in", "linear_out", units, size)
 
     def __init__(self, config, units: int):
         super().__init__()
