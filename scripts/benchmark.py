@@ -266,10 +266,11 @@ def suite_loading(repeats: int) -> dict:
     n = len(model.component_index)
     entry = model.add_subnet("small", components=list(range(0, n, 3)))
     rows = {"supernet_params": model.num_parameters(), "small_params": entry["num_parameters"]}
-    code = ("import resource, sys, hf_dynasr; from transformers import AutoModelForCTC; "
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report this (large) parent process
+    code = ("import sys, hf_dynasr; from transformers import AutoModelForCTC; "
             "kw = {} if sys.argv[2] == 'none' else {'subnet': sys.argv[2]}; "
             "m = AutoModelForCTC.from_pretrained(sys.argv[1], **kw) if sys.argv[2] != 'bare' else None; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         del model

@@ -21,7 +21,7 @@ if [ "$QUICK" = 1 ]; then
   CORPUS=data/demo_quick; N=60; OUT="${OUT}_quick"
   TRAIN_ARGS=(--max_steps 16 --save_steps 8 --logging_steps 4 --max_eval_utterances 10)
 else
-  CORPUS=data/demo_corpus; N=2000
+  CORPUS=data/demo_corpus; N=4000
   TRAIN_ARGS=()
 fi
 start=$(date +%s)
