@@ -2,7 +2,7 @@
 
     from hf_dynasr.metrics import evaluate_checkpoint, results_markdown, plot_pareto
     results = evaluate_checkpoint("ckpt", dataset)   # every size + "full"; dataset: columns audio, text
-    print(results_markdown(results)); plot_pareto(results, "pareto.png")
+    table = results_markdown(results); plot_pareto(results, "pareto.png")
 
 `evaluate_checkpoint` scores the extracted model of each size (what `export_subnets` ships), computes the
 features of each batch once for all sizes, and reports per size: WER, CER, error counts, parameters,

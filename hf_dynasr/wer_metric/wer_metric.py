@@ -5,7 +5,7 @@
     wer.compute(predictions=["hello word"], references=["hello world"])
     # {'wer': 0.5, 'cer': 0.0909..., 'substitutions': 1, 'deletions': 0, 'insertions': 0, 'hits': 1}
 
-`evaluate.load("wer")` needs the Hub and its script imports `jiwer.compute_measures`, which jiwer 4 removed;
+Loading the Hub's "wer" metric with `evaluate` needs the Hub and its script imports `jiwer.compute_measures`, which jiwer 4 removed;
 this module has no such dependency. Scores are corpus level (total errors / total reference words or
 characters). With `normalize=True` (default) both sides are lowercased, accents and punctuation removed
 (apostrophes inside words kept), as in `hf_dynasr.metrics.normalize_for_scoring`.
