@@ -270,16 +270,21 @@ def suite_loading(repeats: int) -> dict:
     code = ("import sys, hf_dynasr; from transformers import AutoModelForCTC; "
             "kw = {} if sys.argv[2] == 'none' else {'subnet': sys.argv[2]}; "
             "m = AutoModelForCTC.from_pretrained(sys.argv[1], **kw) if sys.argv[2] != 'bare' else None; "
-            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))")
+            "st = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.split(':')[0] in "
+            "('VmHWM', 'RssAnon')}; print(st['VmHWM'], st['RssAnon'])")
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         del model
         for label, arg in (("bare", "bare"), ("small", "small"), ("supernet", "none")):
             out = subprocess.run([sys.executable, "-c", code, tmp, arg], capture_output=True, text=True, check=True)
-            rows[f"{label}_peak_rss_mb"] = round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+            hwm, anon = map(int, out.stdout.strip().splitlines()[-1].split())
+            rows[f"{label}_peak_rss_mb"] = round(hwm / 1024, 1)
+            # anonymous memory after loading (without the mapped safetensors pages that slicing touched)
+            rows[f"{label}_rss_anon_mb"] = round(anon / 1024, 1)
     small_mb = rows["small_params"] * 4 / 2**20
     rows["small_weights_mb"] = round(small_mb, 1)
     rows["small_load_ratio"] = round((rows["small_peak_rss_mb"] - rows["bare_peak_rss_mb"]) / small_mb, 3)
+    rows["small_anon_ratio"] = round((rows["small_rss_anon_mb"] - rows["bare_rss_anon_mb"]) / small_mb, 3)
     print("loading", json.dumps(rows), flush=True)
     return rows
 
