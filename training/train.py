@@ -368,6 +368,8 @@ def main(argv=None) -> None:
         logger.info("final model and processor in %s", final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if torch.distributed.is_initialized():  # explicit teardown: a gloo group left to interpreter exit can hang
+        torch.distributed.destroy_process_group()
 
 
 
