@@ -17,14 +17,6 @@ from hf_dynasr.dmao import DMAO, DMAOConfig, architecture_table, unit_config
 TOTAL = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine are faster without intra-op threading."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(**kw):
     args = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,

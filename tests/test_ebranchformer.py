@@ -17,13 +17,6 @@ TOL = 1e-4
 EBF = dict(block_type="ebranchformer")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def ebf_model(**overrides):
     """A tiny E-Branchformer whose matrices have std 0.1 instead of 0.02, so every branch and unit changes the

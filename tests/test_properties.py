@@ -26,13 +26,6 @@ BASE = dict(hidden_size=16, num_attention_heads=2, intermediate_size=16, conv_ch
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _block(ffn=st.integers(0, 6).map(lambda n: 4 * n), heads=st.integers(0, 3),
            conv=st.integers(0, 5).map(lambda n: 4 * n)):

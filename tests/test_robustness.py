@@ -32,14 +32,6 @@ MODEL = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "i
          "activation_dropout": 0.0, "attention_dropout": 0.0, "reference_duration_s": 2.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores OpenMP's spinning makes tiny ops 10-100x slower with 2."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --- running train.py in a forked child ------------------------------------------------------------------
 

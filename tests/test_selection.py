@@ -29,15 +29,6 @@ SIZES = {"params": {"small": 0.45, "mid": 0.72}, "flops": {"small": 0.5, "mid": 
 TOTAL_STEPS = 20  # stage 1 = 12 steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def supernets():
     """Per granularity: (config, initial weights, component costs) — costs are measured once."""
