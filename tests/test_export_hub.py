@@ -379,47 +379,28 @@ def test_push_script_to_fake_hub(export, tmp_path):
 # --- lazy loading -----------------------------------------------------------------------------------------
 
 
-class _SliceSpy:
-    """Wraps safe_open to record every tensor read through get_slice and the bytes it returned."""
+class _ReadSpy:
+    """Wraps the lazy loader's one file-read function to record every tensor read and the bytes it read."""
 
     def __init__(self, monkeypatch):
         import hf_dynasr.lazy_loading as lazy
 
         self.keys, self.bytes = [], 0
-        real = lazy.safe_open
-        spy = self
+        real = lazy._pread_into
 
-        class Slice:
-            def __init__(self, inner, key):
-                self.inner, self.key = inner, key
+        def spy(fd, view, offset, path, key):
+            self.bytes += len(view)
+            self.keys.append(key)
+            return real(fd, view, offset, path, key)
 
-            def get_shape(self):
-                return self.inner.get_shape()
-
-            def __getitem__(self, item):
-                out = self.inner[item]
-                spy.bytes += out.numel() * out.element_size()
-                spy.keys.append(self.key)
-                return out
-
-        class Handle:
-            def __init__(self, *args, **kwargs):
-                self.inner = real(*args, **kwargs)
-
-            def keys(self):
-                return self.inner.keys()
-
-            def get_slice(self, key):
-                return Slice(self.inner.get_slice(key), key)
-
-        monkeypatch.setattr(lazy, "safe_open", Handle)
+        monkeypatch.setattr(lazy, "_pread_into", spy)
 
 
 def test_lazy_load_reads_only_what_the_size_needs(supernet, monkeypatch):
     from hf_dynasr import DynaSRForCTC
 
     path, model = supernet
-    spy = _SliceSpy(monkeypatch)
+    spy = _ReadSpy(monkeypatch)
     lazy = DynaSRForCTC.from_pretrained(path, subnet="small")
     extracted = model.extract_subnet("small").eval()
     x, mask = _features()
