@@ -30,11 +30,23 @@ def one_cycle_lambda(total_steps: int, warmup_fraction: float = 0.45, decay_frac
     return factor
 
 
-def build_scheduler(optimizer, name: str, total_steps: int, **kwargs):
-    """"one_cycle" (the papers') or any `transformers.get_scheduler` name ("linear", "cosine", ...)."""
+def build_scheduler(optimizer, name: str, total_steps: int, warmup_fraction: float = 0.45,
+                    decay_fraction: float = 0.45):
+    """"one_cycle" (the papers') or any `transformers.get_scheduler` name ("linear", "cosine", ...).
+
+    "warmup_stable_decay" (transformers' WSD) holds the peak between the warm-up and a linear decay over the
+    last `decay_fraction` of the steps: in a minutes-long CPU run the one-cycle's long ramps spend most
+    updates far below the peak (demo_cpu.yaml)."""
     if name == "one_cycle":
-        return LambdaLR(optimizer, one_cycle_lambda(total_steps, **kwargs))
+        return LambdaLR(optimizer, one_cycle_lambda(total_steps, warmup_fraction, decay_fraction))
     from transformers import get_scheduler
 
-    warmup = round(total_steps * kwargs.get("warmup_fraction", 0.0))
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    warmup = round(total_steps * warmup_fraction)
+    extra = None
+    if name == "warmup_stable_decay":
+        if not 0 < decay_fraction <= 1 - warmup_fraction:
+            raise ValueError(f"warmup_stable_decay needs 0 < decay_fraction <= 1 - warmup_fraction; got "
+                             f"decay_fraction={decay_fraction}, warmup_fraction={warmup_fraction}")
+        extra = {"num_decay_steps": max(1, round(total_steps * decay_fraction)), "decay_type": "linear"}
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=extra)

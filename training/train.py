@@ -90,9 +90,12 @@ class TrainArgs:
     learning_rate: float = field(default=4e-4, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (papers: 1e-3)."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon (papers: 1e-16)."})
-    lr_scheduler: str = field(default="one_cycle", metadata={"help": "one_cycle (papers) or a transformers scheduler name."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2 (0.98 adapts faster in short runs)."})
+    lr_scheduler: str = field(default="one_cycle", metadata={"help": "one_cycle (papers), warmup_stable_decay, or "
+                                                                    "another transformers scheduler name."})
     warmup_fraction: float = field(default=0.45, metadata={"help": "Fraction of steps of the LR warm-up."})
-    decay_fraction: float = field(default=0.45, metadata={"help": "one_cycle: fraction of steps of the decay."})
+    decay_fraction: float = field(default=0.45, metadata={"help": "one_cycle / warmup_stable_decay: fraction of "
+                                                                 "steps of the decay."})
     max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping (0 = off)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer update."})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16."})
@@ -223,10 +226,9 @@ def main(argv=None) -> None:
     # 5. optimiser (model + selector scores) and the one-cycle schedule in fractions of max_steps ------
     optimizer = torch.optim.AdamW(
         [{"params": model.parameters()}, {"params": selector.parameters() if selector else [], "weight_decay": 0.0}],
-        lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon)
+        lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon, betas=(0.9, args.adam_beta2))
     scheduler = build_scheduler(optimizer, args.lr_scheduler, args.max_steps,
-                                **({"warmup_fraction": args.warmup_fraction, "decay_fraction": args.decay_fraction}
-                                   if args.lr_scheduler == "one_cycle" else {"warmup_fraction": args.warmup_fraction}))
+                                warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
     # 6. resume: weights, optimiser, scheduler, RNG, selector, DMAO; then skip the consumed batches ----
