@@ -10,7 +10,17 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _report_module():
+    """scripts/reproduce_report.py by path: putting scripts/ on sys.path would shadow the `evaluate` library
+    with scripts/evaluate.py for every later test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_report", ROOT / "scripts" / "reproduce_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _run(config, seed, sizes, dmao=False, method="ortho_softmax"):
@@ -34,8 +44,7 @@ def _record():
 
 
 def test_report_compares_each_size_with_its_baseline(tmp_path):
-    from reproduce_report import write_report
-
+    write_report = _report_module().write_report
     doc = tmp_path / "reproduction.md"
     write_report(_record(), str(doc))
     text = doc.read_text()
