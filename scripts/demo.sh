@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: synthesize a corpus, train a 3-size supernet (FLOPs-aware component-wise OrthoSoftmax),
+# The main job: synthesize a corpus, train a 3-size supernet (FLOPs-aware module-wise OrthoSoftmax),
 # evaluate every size on the unseen test sentences, export per-size checkpoints with model cards and a
 # WER-vs-size plot. About 15 minutes on a 2-core CPU; `--quick` is a one-minute smoke version.
 #   bash scripts/demo.sh [--quick] [--output_dir runs/demo]

@@ -10,13 +10,15 @@ benchmarks/results/reproduction.json; docs/reproduction.md and docs/reproduction
     python scripts/reproduce.py --report_only          # rebuild the JSON and the docs from finished runs
     python scripts/reproduce.py --list                 # the run matrix
 
-Finished runs (runs/repro/NAME/eval/results.json) are skipped unless --force. The second seed of the best
-supernet method is chosen after every seed-0 supernet has finished (lowest mean CER over its sizes).
+Finished runs (runs/repro/NAME/eval/results.json) are skipped unless --force; runs recorded in the results
+file whose folder is gone are kept as recorded (each entry names the commit and date it was recorded at).
+The second seed of the best supernet method is chosen after every seed-0 supernet has finished (lowest mean CER over its sizes).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -138,12 +140,25 @@ def run_all(args, selected: list[tuple[str, str, int]]) -> list[str]:
     return failed
 
 
-def collect(args) -> dict:
-    """Every finished run's per-size results, with its config, seed and wall times."""
+def collect(args, previous: dict | None) -> list[dict]:
+    """Every finished run's per-size results, with its config, seed and wall times.
+
+    A run whose folder is gone (a new machine, a cleaned runs/) keeps the entry the previous results file
+    recorded for it, so rebuilding the report never drops measured runs.
+    """
+    kept = {r["name"]: r for r in (previous or {}).get("runs", [])}
+    for r in kept.values():  # entries from before runs carried their own provenance
+        r.setdefault("recorded", {"commit": previous.get("commit"), "date": previous.get("date"),
+                                  "machine": previous.get("machine"), "parallel": previous.get("parallel"),
+                                  "threads_per_run": previous.get("threads_per_run")})
+    stamp = {"commit": _git("rev-parse", "--short", "HEAD"), "date": _now(), "machine": _machine(),
+             "parallel": args.parallel, "threads_per_run": args.threads}
     runs = []
     for name, config, seed in run_matrix():
         out = os.path.join(args.output_dir, name)
         if not done(out):
+            if name in kept:
+                runs.append(kept[name])
             continue
         results = json.load(open(os.path.join(out, "eval", "results.json"), encoding="utf-8"))
         training = json.load(open(os.path.join(out, "final", "training_results.json"), encoding="utf-8"))
@@ -154,11 +169,32 @@ def collect(args) -> dict:
             "name": name, "config": config, "seed": seed, "method": training.get("method"), "steps": training.get("steps"),
             "train_wall_time_s": training.get("wall_time_s"), "num_processes": training.get("num_processes"),
             "dmao": training.get("dmao") is not None,
-            "sizes": {s: {k: v[k] for k in ("num_parameters", "flops", "wer", "cer")}
-                      for s, v in results["sizes"].items()},
+            "sizes": _sizes(results),
             "test_utterances": results["num_utterances"],
+            "recorded": kept[name]["recorded"] if name in kept and kept[name]["sizes"] == _sizes(results) else stamp,
         })
-    return runs
+    matrix = {name for name, _, _ in run_matrix()}
+    return runs + [r for name, r in kept.items() if name not in matrix]  # runs of an older matrix stay on record
+
+
+def _sizes(results: dict) -> dict:
+    return {s: {k: v[k] for k in ("num_parameters", "flops", "wer", "cer")} for s, v in results["sizes"].items()}
+
+
+def corpus_hours(corpus: str, previous: dict | None) -> dict | None:
+    """Hours of audio per split, from the audiofolder metadata (or as previously recorded if the corpus is gone)."""
+    hours = {}
+    for split in ("train", "dev", "test"):
+        path = os.path.join(corpus, split, "metadata.csv")
+        if not os.path.exists(path):
+            return (previous or {}).get("corpus_hours")
+        with open(path, encoding="utf-8", newline="") as f:
+            hours[split] = round(sum(float(row["duration"]) for row in csv.DictReader(f)) / 3600, 2)
+    return hours
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def main(argv=None) -> int:
@@ -181,13 +217,15 @@ def main(argv=None) -> int:
                             "--num_utterances", str(args.num_utterances), "--seed", "0"], check=True)
         selected = [r for r in matrix if r[0] in wanted and (args.force or not done(os.path.join(args.output_dir, r[0])))]
         failed = run_all(args, selected)
+    previous = json.load(open(args.results, encoding="utf-8")) if os.path.exists(args.results) else None
     record = {
         "command": "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
-        "corpus": args.corpus, "parallel": args.parallel, "threads_per_run": args.threads,
-        "runs": collect(args),
+        "date": _now(),
+        "machine": _machine(),
+        "corpus": args.corpus, "corpus_hours": corpus_hours(args.corpus, previous),
+        "parallel": args.parallel, "threads_per_run": args.threads,
+        "runs": collect(args, previous),
     }
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
     _write_atomic(args.results, json.dumps(record, indent=1))
@@ -204,6 +242,10 @@ def _git(*cmd) -> str:
         return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _machine() -> dict:
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def _cpu_name() -> str:

@@ -56,6 +56,7 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
     assert "best method `ortho_flops_component` 40.0 % CER against 40.5 % individually trained (-1.2 %): " \
            "within the seed noise" in text
     assert "(best first): ortho_flops_component, stk_module" in text
+    assert "`ortho_flops_component`, ranks 1 of 2 here: the claim holds" in text
     # DMAO against baseline_full with the same seed (0): WER 80 vs 86 -> -7.0 %
     assert "WER -7.0 %" in text and "CER -2.9 %" in text
     assert (tmp_path / "reproduction.png").stat().st_size > 1000
@@ -99,3 +100,17 @@ def test_report_only_writes_json(tmp_path):
                           "--results", str(results), "--doc", str(doc)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(results.read_text())["runs"] == [] and "not enough finished runs" in doc.read_text()
+
+
+def test_report_only_keeps_recorded_runs_whose_folders_are_gone(tmp_path):
+    """Rebuilding the report on a machine without runs/repro must not drop what the results file recorded."""
+    results, doc = tmp_path / "r.json", tmp_path / "d.md"
+    results.write_text(json.dumps(_record()))
+    out = subprocess.run([sys.executable, "scripts/reproduce.py", "--report_only", "--output_dir", str(tmp_path / "none"),
+                          "--corpus", str(tmp_path / "no_corpus"), "--results", str(results), "--doc", str(doc)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(results.read_text())["runs"]
+    assert sorted(r["name"] for r in runs) == sorted(r["name"] for r in _record()["runs"])
+    assert all(r["recorded"]["commit"] == "abc1234" and r["recorded"]["machine"]["cpu"] == "cpu" for r in runs)
+    assert "Runs recorded at commit `abc1234` (today) on cpu, 2 cores, 2 runs at a time" in doc.read_text()
