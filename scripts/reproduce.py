@@ -245,15 +245,9 @@ def _git(*cmd) -> str:
 
 
 def _machine() -> dict:
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+    from hf_dynasr.metrics import machine_info  # imported late: --list and --help stay instant
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+    return {"cpu": machine_info()["cpu"], "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def _write_atomic(path: str, text: str) -> None:
