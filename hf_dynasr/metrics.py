@@ -430,6 +430,21 @@ def results_markdown(results: Mapping) -> str:
     return "\n".join([*head, "", *lines]) + "\n" if head else "\n".join(lines) + "\n"
 
 
+def samples_markdown(results: Mapping, num_samples: int = 3) -> str:
+    """The first `num_samples` test utterances: the reference, then each size's greedy transcript."""
+    sizes = {name: s.get("examples") or [] for name, s in results["sizes"].items()}
+    count = min([num_samples, *(len(e) for e in sizes.values())])
+    if count == 0:
+        return ""
+    lines = ["Sample transcripts:", ""]
+    for i in range(count):
+        reference = next(iter(sizes.values()))[i]["reference"]
+        lines.append(f"- reference: `{reference}`")
+        lines += [f"  - {name}: " + (f"`{examples[i]['prediction']}`" if examples[i]["prediction"] else "(empty)")
+                  for name, examples in sizes.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _baseline_rows(baselines) -> list[dict]:
     if baselines is None:
         return []

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The main job: synthesize a corpus, train a 3-size supernet (FLOPs-aware module-wise OrthoSoftmax),
 # evaluate every size on the unseen test sentences, export per-size checkpoints with model cards and a
-# WER-vs-size plot. About 15 minutes on a 2-core CPU; `--quick` is a one-minute smoke version.
-#   bash scripts/demo.sh [--quick] [--output_dir runs/demo]
+# WER-vs-size plot. About 12 minutes on a 2-core CPU; `--quick` is a one-minute smoke version; on a slower
+# machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,600.
+#   bash scripts/demo.sh [--quick] [--output_dir runs/demo] [--max_steps N]
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 
 QUICK=0
 OUT=runs/demo
+STEPS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --output_dir) OUT="$2"; shift ;;
-    *) echo "usage: bash scripts/demo.sh [--quick] [--output_dir DIR]" >&2; exit 2 ;;
+    --max_steps) STEPS=("--max_steps" "$2"); shift ;;
+    *) echo "usage: bash scripts/demo.sh [--quick] [--output_dir DIR] [--max_steps N]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -31,11 +34,11 @@ python scripts/synthesize_corpus.py --output_dir "$CORPUS" --num_utterances "$N"
 
 echo "== 2/4 train the supernet ($OUT)"
 python training/train.py --config training/configs/demo_cpu.yaml --output_dir "$OUT" --overwrite_output_dir \
-  --train_data "audiofolder:$CORPUS" --eval_data "audiofolder:$CORPUS" "${TRAIN_ARGS[@]}"
+  --train_data "audiofolder:$CORPUS" --eval_data "audiofolder:$CORPUS" "${TRAIN_ARGS[@]}" ${STEPS[@]+"${STEPS[@]}"}
 
 echo "== 3/4 evaluate every size on the test split"
 python scripts/evaluate.py --checkpoint "$OUT/final" --data "audiofolder:$CORPUS" --split test \
-  --output_dir "$OUT/eval" --latency_runs 3
+  --output_dir "$OUT/eval" --latency_runs 20
 
 echo "== 4/4 export every size with its model card"
 python scripts/export_subnets.py --checkpoint "$OUT/final" --output_dir "$OUT/export" --overwrite \

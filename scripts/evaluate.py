@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from hf_dynasr.metrics import evaluate_checkpoint, latency_table, plot_pareto, results_markdown, write_json
+    from hf_dynasr.metrics import (evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown,
+                                   write_json)
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -93,10 +94,15 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     write_json(results, os.path.join(out, "results.json"))
     table = results_markdown(results)
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+    samples = samples_markdown(results)
+    markdown = os.path.join(out, "results.md")
+    with open(markdown + ".tmp", "w", encoding="utf-8") as f:
+        f.write(table + ("\n" + samples if samples else ""))
+    os.replace(markdown + ".tmp", markdown)
     plot_pareto(results, os.path.join(out, "pareto.png"), baselines=args.baselines)
     print(table)
+    if samples:
+        print(samples)
     if decoder is not None:
         print(f"LM beam search: {decoder.decode_seconds:.2f} s for {decoder.decoded_frames} output frames "
               f"(all sizes), lm_weight={decoder.options['lm_weight']}, word_score={decoder.options['word_score']}")

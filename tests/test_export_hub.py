@@ -101,7 +101,7 @@ def export(supernet, results, tmp_path_factory):
 
 
 def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
-    from hf_dynasr.metrics import plot_pareto, results_markdown
+    from hf_dynasr.metrics import plot_pareto, results_markdown, samples_markdown
 
     _, model = supernet
     res, file = results
@@ -117,6 +117,11 @@ def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
     assert res["sizes"]["full"]["num_parameters"] > res["sizes"]["mid"]["num_parameters"]
     table = results_markdown(res)
     assert "| small |" in table and "| full |" in table
+    samples = samples_markdown(res, num_samples=2).splitlines()
+    first = res["sizes"]["small"]["examples"][0]
+    shown = f"`{first['prediction']}`" if first["prediction"] else "(empty)"
+    assert samples[2] == f"- reference: `{first['reference']}`" and samples[3] == f"  - small: {shown}"
+    assert sum(line.startswith("- reference") for line in samples) == 2 and len(samples) == 2 + 2 * 4
     png = plot_pareto(res, tmp_path / "p.png", baselines={"base-s": {"num_parameters": 70000, "flops": 5e7,
                                                                      "wer": 1.0}})
     assert Path(png).stat().st_size > 1000
