@@ -301,13 +301,20 @@ def suite_loading(repeats: int) -> dict:
     entry = model.add_subnet("small", components=list(range(0, n, 3)))
     rows = {"supernet_params": model.num_parameters(), "small_params": entry["num_parameters"]}
     # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report this (large) parent process
-    code = ("import sys, hf_dynasr; from transformers import AutoModelForCTC; "
-            "kw = {} if sys.argv[2] == 'none' else {'subnet': sys.argv[2]}; "
-            "m = AutoModelForCTC.from_pretrained(sys.argv[1], **kw) if sys.argv[2] != 'bare' else None; "
-            "st = lambda: {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status')}; s = st(); "
-            # then one forward, which makes the weights resident: a lazily mapped checkpoint costs little until used
-            "import torch; torch.inference_mode()(m)(input_features=torch.randn(1, 100, 80)) if m else None; "
-            "print(s['VmHWM'], s['RssAnon'], st()['VmHWM'])")
+    code = "\n".join([
+        "import sys, torch, hf_dynasr",
+        "from transformers import AutoModelForCTC",
+        "def status():",
+        "    rows = (line.split() for line in open('/proc/self/status'))",
+        "    return {r[0].rstrip(':'): int(r[1]) for r in rows if len(r) == 3 and r[2] == 'kB'}",
+        "kw = {} if sys.argv[2] == 'none' else {'subnet': sys.argv[2]}",
+        "m = AutoModelForCTC.from_pretrained(sys.argv[1], **kw) if sys.argv[2] != 'bare' else None",
+        "loaded = status()",
+        # then one forward, which makes the weights resident: a lazily mapped checkpoint costs little until used
+        "with torch.inference_mode():",
+        "    _ = m(input_features=torch.randn(1, 100, 80)) if m is not None else None",
+        "print(loaded['VmHWM'], loaded['RssAnon'], status()['VmHWM'])",
+    ])
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         del model
