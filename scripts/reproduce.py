@@ -11,8 +11,9 @@ benchmarks/results/reproduction.json; docs/reproduction.md and docs/reproduction
     python scripts/reproduce.py --list                 # the run matrix
 
 Finished runs (runs/repro/NAME/eval/results.json) are skipped unless --force; runs recorded in the results
-file whose folder is gone are kept as recorded (each entry names the commit and date it was recorded at).
-The second seed of the best supernet method is chosen after every seed-0 supernet has finished (lowest mean CER over its sizes).
+file whose folder is gone are kept as recorded (each entry names the commit, date and machine it ran on).
+The second seed of the best supernet method is chosen after every seed-0 supernet has finished (lowest mean
+CER over its sizes).
 """
 
 from __future__ import annotations
