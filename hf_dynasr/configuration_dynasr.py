@@ -85,6 +85,11 @@ class DynaSRConfig(PretrainedConfig):
         ctc_loss_reduction (`str`, defaults to `"mean"`): `"mean"` or `"sum"` over the batch (mean divides each
             utterance's loss by its label length, as `torch.nn.CTCLoss`).
         ctc_zero_infinity (`bool`, defaults to `True`): zero infinite CTC losses (infeasible alignments).
+        interctc_layers (`list[int]`, defaults to `[]`): blocks (1-based) whose outputs also get a CTC loss,
+            intermediate CTC (Lee & Watanabe, ICASSP 2021), through the running size's own CTC output layer (no
+            extra parameters). Not in the RWTH papers; it only changes the training loss, inference is unchanged.
+        interctc_weight (`float`, defaults to 0.0): with `interctc_layers`, the loss is `(1 - w) * final CTC +
+            w * mean of the intermediate CTCs`; must be in [0, 1).
         pad_token_id (`int`, defaults to 0): padding id, also the CTC blank.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear layers.
     """
@@ -129,6 +134,8 @@ class DynaSRConfig(PretrainedConfig):
     mask_feature_num_masks: int = 5
     ctc_loss_reduction: str = "mean"
     ctc_zero_infinity: bool = True
+    interctc_layers: list | None = None
+    interctc_weight: float = 0.0
     pad_token_id: int | None = 0
     initializer_range: float = 0.02
 
@@ -154,6 +161,7 @@ class DynaSRConfig(PretrainedConfig):
             names = module_names(self.block_type) if self.block_type in BLOCK_MODULES else BLOCK_MODULES["conformer"]
             self.architecture_spec = [{m: nominal[m] for m in names} for _ in range(self.num_hidden_layers)]
         self.subnets = {name: dict(entry) for name, entry in (self.subnets or {}).items()}
+        self.interctc_layers = list(self.interctc_layers or [])
         self._validate()
         super().__post_init__(**kwargs)
 
@@ -205,8 +213,25 @@ class DynaSRConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
         if self.pad_token_id is None or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id (the CTC blank) must be in [0, {self.vocab_size}); got {self.pad_token_id}")
+        self._validate_interctc()
         self._validate_spec()
         self._validate_subnets()
+
+    def _validate_interctc(self) -> None:
+        last = self.num_hidden_layers - 1
+        bad = [b for b in self.interctc_layers if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= last]
+        if bad:
+            raise ValueError(
+                f"interctc_layers {bad} are not intermediate blocks; allowed: 1..{last} (1-based; the last block "
+                f"{self.num_hidden_layers} already feeds the final CTC)"
+            )
+        if not 0.0 <= float(self.interctc_weight) < 1.0:
+            raise ValueError(f"interctc_weight must be in [0, 1); got {self.interctc_weight!r}")
+        if self.interctc_weight > 0 and not self.interctc_layers:
+            raise ValueError(
+                f"interctc_weight={self.interctc_weight} needs interctc_layers (e.g. [{max(1, last // 2 + 1)}]); "
+                f"or set interctc_weight to 0"
+            )
 
     def _validate_spec(self) -> None:
         """Check the spec against the block type and chunk sizes; normalises its blocks to `BlockSpec`

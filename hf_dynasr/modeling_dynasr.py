@@ -137,13 +137,21 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         lengths = self._check_inputs(input_features, attention_mask)
         name = self._resolve_subnet(subnet)
         routes = self._routes(name, component_gates)
-        encoder_out, out_mask = self.dynasr(input_features, lengths, routes, bool(output_hidden_states))
-        logits = self._head(name)(self.dropout(encoder_out.last_hidden_state))  # [B, T', V]
+        interctc = labels is not None and self.config.interctc_weight > 0
+        encoder_out, out_mask = self.dynasr(input_features, lengths, routes, bool(output_hidden_states or interctc))
+        head = self._head(name)
+        logits = head(self.dropout(encoder_out.last_hidden_state))  # [B, T', V]
 
         loss = None
         if labels is not None:
             loss = self.ctc_loss(logits, out_mask.sum(-1), labels)
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=encoder_out.hidden_states)
+        if interctc:  # intermediate CTC (Lee & Watanabe 2021, eq. 4), sharing the size's output layer
+            inter = [self.ctc_loss(head(self.dropout(encoder_out.hidden_states[b])), out_mask.sum(-1), labels)
+                     for b in self.config.interctc_layers]  # hidden_states[b]: output of block b, [B, T', d]
+            weight = self.config.interctc_weight
+            loss = (1 - weight) * loss + weight * torch.stack(inter).mean()
+        hidden_states = encoder_out.hidden_states if output_hidden_states else None
+        return CausalLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
     def ctc_loss(self, logits: torch.Tensor, output_lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CTC with the log-softmax in fp32 (also under bf16/fp16 autocast); blank = pad_token_id."""

@@ -232,3 +232,37 @@ def test_bad_inputs_get_clear_errors(features, tmp_path):
         DynaSRConfig(num_hidden_layers=1, architecture_spec=[{"ffn1": 100, "mhsa": 1, "conv": 512, "ffn2": 0}])
     with pytest.raises(ValueError, match="reserved"):
         model.add_subnet("full", components=[0])
+
+
+def test_intermediate_ctc_loss_mixes_block_outputs_through_the_size_head(features):
+    """loss = (1 - w) * final CTC + w * mean CTC of the listed blocks' outputs through the same head (InterCTC);
+    logits and inference are unchanged."""
+    x, mask = features
+    labels = torch.tensor([[5, 6, 7, -100], [8, 9, 10, 11]])
+    plain = make_model()
+    model = make_model(interctc_layers=[1], interctc_weight=0.4)
+    out = model(x, attention_mask=mask, labels=labels, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, plain(x, attention_mask=mask).logits)
+    lengths = model._get_feat_extract_output_lengths(mask.sum(-1))
+    final = model.ctc_loss(out.logits, lengths, labels)
+    inter = model.ctc_loss(model.lm_head(out.hidden_states[1]), lengths, labels)
+    torch.testing.assert_close(out.loss, 0.6 * final + 0.4 * inter)
+    assert model(x, attention_mask=mask, labels=labels).hidden_states is None  # only returned when asked
+    # the size's own head serves its intermediate loss too
+    model.add_subnet("small", components=list(range(len(model.component_index) // 2)))
+    half = model(x, attention_mask=mask, labels=labels, subnet="small", output_hidden_states=True)
+    head = model.subnet_heads["small"]
+    expected = 0.6 * model.ctc_loss(half.logits, lengths, labels) + \
+        0.4 * model.ctc_loss(head(half.hidden_states[1]), lengths, labels)
+    torch.testing.assert_close(half.loss, expected)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"interctc_layers": [3]}, "allowed: 1..2"),
+    ({"interctc_layers": [0]}, "not intermediate blocks"),
+    ({"interctc_weight": 0.3}, "needs interctc_layers"),
+    ({"interctc_layers": [1], "interctc_weight": 1.0}, r"must be in \[0, 1\)"),
+])
+def test_intermediate_ctc_config_errors_name_the_allowed_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(**bad)
