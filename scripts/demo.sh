@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: synthesize a corpus, train a 3-size supernet (FLOPs-aware module-wise OrthoSoftmax),
 # evaluate every size on the unseen test sentences, export per-size checkpoints with model cards and a
-# WER-vs-size plot. About 12 minutes on a 2-core CPU; `--quick` is a one-minute smoke version; on a slower
-# machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,600.
+# WER-vs-size plot. About 14 minutes on a 2-core CPU; `--quick` is a one-minute smoke version; on a slower
+# machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 3,000.
 #   bash scripts/demo.sh [--quick] [--output_dir runs/demo] [--max_steps N]
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
@@ -24,7 +24,7 @@ if [ "$QUICK" = 1 ]; then
   CORPUS=data/demo_quick; N=60; OUT="${OUT}_quick"
   TRAIN_ARGS=(--max_steps 16 --save_steps 8 --logging_steps 4 --max_eval_utterances 10)
 else
-  CORPUS=data/demo_corpus; N=4000
+  CORPUS=data/demo_corpus; N=8000
   TRAIN_ARGS=()
 fi
 start=$(date +%s)
