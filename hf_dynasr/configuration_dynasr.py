@@ -208,7 +208,7 @@ class DynaSRConfig(PretrainedConfig):
             )
         if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd and positive; got {self.conv_kernel_size}")
-        for name in ("hidden_dropout", "activation_dropout", "attention_dropout", "final_dropout"):
+        for name in ("hidden_dropout", "activation_dropout", "attention_dropout", "final_dropout", "interctc_weight"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
         if self.pad_token_id is None or not 0 <= self.pad_token_id < self.vocab_size:
@@ -225,8 +225,6 @@ class DynaSRConfig(PretrainedConfig):
                 f"interctc_layers {bad} are not intermediate blocks; allowed: 1..{last} (1-based; the last block "
                 f"{self.num_hidden_layers} already feeds the final CTC)"
             )
-        if not 0.0 <= float(self.interctc_weight) < 1.0:
-            raise ValueError(f"interctc_weight must be in [0, 1); got {self.interctc_weight!r}")
         if self.interctc_weight > 0 and not self.interctc_layers:
             raise ValueError(
                 f"interctc_weight={self.interctc_weight} needs interctc_layers (e.g. [{max(1, last // 2 + 1)}]); "

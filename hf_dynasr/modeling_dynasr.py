@@ -146,7 +146,8 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         if labels is not None:
             loss = self.ctc_loss(logits, out_mask.sum(-1), labels)
         if interctc:  # intermediate CTC (Lee & Watanabe 2021, eq. 4), sharing the size's output layer
-            inter = [self.ctc_loss(head(self.dropout(encoder_out.hidden_states[b])), out_mask.sum(-1), labels)
+            output_lengths = out_mask.sum(-1)
+            inter = [self.ctc_loss(head(self.dropout(encoder_out.hidden_states[b])), output_lengths, labels)
                      for b in self.config.interctc_layers]  # hidden_states[b]: output of block b, [B, T', d]
             weight = self.config.interctc_weight
             loss = (1 - weight) * loss + weight * torch.stack(inter).mean()

@@ -250,8 +250,12 @@ def test_intermediate_ctc_loss_mixes_block_outputs_through_the_size_head(feature
     assert model(x, attention_mask=mask, labels=labels).hidden_states is None  # only returned when asked
     # the size's own head serves its intermediate loss too
     model.add_subnet("small", components=list(range(len(model.component_index) // 2)))
-    half = model(x, attention_mask=mask, labels=labels, subnet="small", output_hidden_states=True)
     head = model.subnet_heads["small"]
+    with torch.no_grad():  # it starts as a copy of the full head; make the two tell apart
+        head.bias.add_(torch.linspace(-1.0, 1.0, head.bias.numel()))
+    half = model(x, attention_mask=mask, labels=labels, subnet="small", output_hidden_states=True)
+    through_full_head = model.ctc_loss(model.lm_head(half.hidden_states[1]), lengths, labels)
+    assert not torch.allclose(through_full_head, model.ctc_loss(head(half.hidden_states[1]), lengths, labels))
     expected = 0.6 * model.ctc_loss(half.logits, lengths, labels) + \
         0.4 * model.ctc_loss(head(half.hidden_states[1]), lengths, labels)
     torch.testing.assert_close(half.loss, expected)
