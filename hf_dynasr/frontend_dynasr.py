@@ -1,7 +1,7 @@
 """Frontends: log-mel frames [B, T, F] -> encoder input [B, T // 4, d] (4x time subsampling).
 
-Padded frames are zeroed before every convolution, so a padded batch gives each utterance the output
-it gets alone. Both frontends give exactly `T // 4` frames (`subsampled_lengths`).
+A padded batch gives each utterance the output it gets alone: the VGG frontend zeroes padded frames before
+every convolution, the cheap one never reads them. Both give exactly `T // 4` frames (`subsampled_lengths`).
 """
 
 from __future__ import annotations
@@ -52,28 +52,32 @@ class DynaSRVGGFrontend(nn.Module):
 
 class DynaSRConv2dFrontend(nn.Module):
     """Cheap CPU frontend: a strided 3x3 conv, then a strided depthwise 3x3 plus pointwise conv (ReLU),
-    then a linear layer to d. Time is padded one frame on the left only, so each stride-2 conv halves
-    with floor like the VGG pools."""
+    then a linear layer to d.
+
+    Needs no masking: output frame i of a kernel-3, stride-2 conv reads input frames 2i-1..2i+1, so the
+    `L // 2` valid outputs of an utterance of `L` frames read only its own frames (or the zero pad left of
+    frame 0), never the batch padding on the right. The input is cut to a multiple of 4 frames (those cut
+    frames feed no valid output either), so both convs halve exactly, with floor like the VGG pools. Masking and
+    an explicit left pad (`F.pad`) cost a third of this frontend's step: their backward copies the whole
+    [B, C, T/2, F/2] activation. Padded output frames hold garbage; the encoder masks them."""
 
     def __init__(self, config):
         super().__init__()
         channels = config.frontend_channels
-        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=(0, 1))
-        self.depthwise = nn.Conv2d(channels, channels, 3, stride=2, padding=(0, 1), groups=channels)
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.depthwise = nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels)
         self.pointwise = nn.Conv2d(channels, channels, 1)
         freq = (config.num_mel_bins + 1) // 2
         freq = (freq + 1) // 2
         self.linear = nn.Linear(channels * freq, config.hidden_size)
 
     def forward(self, input_features, lengths):  # [B, T, F], [B]
-        x = _zero_padding(input_features[:, None], lengths)  # [B, 1, T, F]
-        x = F.relu(self.conv1(F.pad(x, (0, 0, 1, 0))))  # [B, C, T/2, F/2]
-        lengths = torch.div(lengths, 2, rounding_mode="floor")
-        x = _zero_padding(x, lengths)
-        x = F.relu(self.pointwise(self.depthwise(F.pad(x, (0, 0, 1, 0)))))  # [B, C, T/4, F/4]
-        lengths = torch.div(lengths, 2, rounding_mode="floor")
-        x = x.transpose(1, 2).flatten(2)  # [B, T/4, C * F/4]
-        return self.linear(x), lengths
+        frames = input_features.shape[1] // 4 * 4
+        x = input_features[:, None, :frames]  # [B, 1, 4 T', F]
+        x = F.relu(self.conv1(x))  # [B, C, 2 T', F/2]
+        x = F.relu(self.pointwise(self.depthwise(x)))  # [B, C, T', F/4]
+        x = x.transpose(1, 2).flatten(2)  # [B, T', C * F/4]
+        return self.linear(x), subsampled_lengths(lengths)
 
 
 FRONTENDS = {"vgg4x": DynaSRVGGFrontend, "conv2d4x": DynaSRConv2dFrontend}

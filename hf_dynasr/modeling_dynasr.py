@@ -83,10 +83,13 @@ class DynaSRModel(DynaSRPreTrainedModel):
         self.layers = nn.ModuleList(block_class(config, spec) for spec in config.architecture_spec)
         self.post_init()
 
-    def forward(self, input_features, lengths, routes=None, output_hidden_states=False):
-        if self.training and self.config.apply_spec_augment:
-            input_features = spec_augment(input_features, lengths, self.config)
-        hidden_states, lengths = self.frontend(input_features, lengths)  # [B, T', d]
+    def forward(self, input_features, lengths, routes=None, output_hidden_states=False, inputs_embeds=None):
+        if inputs_embeds is not None:  # a frontend output [B, T', d]; `lengths` already count its frames
+            hidden_states = inputs_embeds
+        else:
+            if self.training and self.config.apply_spec_augment:
+                input_features = spec_augment(input_features, lengths, self.config)
+            hidden_states, lengths = self.frontend(input_features, lengths)  # [B, T', d]
         attention_mask = torch.arange(hidden_states.shape[1], device=lengths.device)[None, :] < lengths[:, None]
         all_hidden = (hidden_states,) if output_hidden_states else None
         for b, layer in enumerate(self.layers):
@@ -116,11 +119,12 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
 
     def forward(
         self,
-        input_features: torch.Tensor,
+        input_features: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         subnet: str | None = None,
         component_gates: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -133,12 +137,22 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             `config.active_subnet`. `"full"` or `None` with no active subnet runs the whole network.
         component_gates (`torch.Tensor` of shape `(num_components,)` or `(batch, num_components)`, *optional*):
             soft gates in [0, 1] applied on top of the size's mask (training, stage 1).
+        inputs_embeds (`torch.FloatTensor` of shape `(batch, frames // 4, hidden_size)`, *optional*): instead of
+            `input_features`, the frontend's output, e.g. `hidden_states[0]` of an earlier call on the same batch;
+            `attention_mask` then marks these frames. Training runs several sizes on one batch: all of them start
+            from the same frontend output, so it is computed (and back-propagated) once per step, not once per size.
         """
-        lengths = self._check_inputs(input_features, attention_mask)
+        if (input_features is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_features (log-mel frames) and inputs_embeds (frontend output)")
+        if inputs_embeds is None:
+            lengths = self._check_inputs(input_features, attention_mask)
+        else:
+            lengths = self._check_embeds(inputs_embeds, attention_mask)
         name = self._resolve_subnet(subnet)
         routes = self._routes(name, component_gates)
         interctc = labels is not None and self.config.interctc_weight > 0
-        encoder_out, out_mask = self.dynasr(input_features, lengths, routes, bool(output_hidden_states or interctc))
+        encoder_out, out_mask = self.dynasr(input_features, lengths, routes, bool(output_hidden_states or interctc),
+                                            inputs_embeds=inputs_embeds)
         head = self._head(name)
         logits = head(self.dropout(encoder_out.last_hidden_state))  # [B, T', V]
 
@@ -203,6 +217,21 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
                 f"to give one output frame; got valid lengths {lengths.tolist()}"
             )
         return lengths
+
+
+    def _check_embeds(self, inputs_embeds, attention_mask) -> torch.Tensor:
+        """Validate a frontend output [B, T', d] and its mask [B, T']; return the valid frames per utterance [B]."""
+        d = self.config.hidden_size
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != d or 0 in inputs_embeds.shape:
+            raise ValueError(f"inputs_embeds must have shape [batch, frames, {d}] (the frontend output, "
+                             f"hidden_size={d}); got {tuple(inputs_embeds.shape)}")
+        if attention_mask is None:
+            return torch.full(inputs_embeds.shape[:1], inputs_embeds.shape[1], dtype=torch.long,
+                              device=inputs_embeds.device)
+        if tuple(attention_mask.shape) != tuple(inputs_embeds.shape[:2]):
+            raise ValueError(f"with inputs_embeds, attention_mask marks its frames: shape {tuple(inputs_embeds.shape[:2])} "
+                             f"expected, got {tuple(attention_mask.shape)}")
+        return attention_mask.long().sum(-1)
 
 
 DynaSRConfig.register_for_auto_class()

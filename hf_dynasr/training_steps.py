@@ -91,8 +91,13 @@ def supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_name
         if run.subnet is None and selector is not None:
             drop = selector.layerdrop_components(step) if stage1 else ~unwrapped.subnet_mask(size_names[0])
             gates = layerdrop_gates(drop, drop_rate, batch["input_features"].shape[0], generator)
-        out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"], subnet=run.subnet, component_gates=gates)
+        if not losses:  # the first net computes the frontend output, the others start from it (shared_frontend)
+            out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
+                        labels=batch["labels"], subnet=run.subnet, component_gates=gates, output_hidden_states=True)
+            embeds, embeds_mask = shared_frontend(unwrapped, out, batch["attention_mask"])
+        else:
+            out = model(inputs_embeds=embeds, attention_mask=embeds_mask, labels=batch["labels"], subnet=run.subnet,
+                        component_gates=gates)
         weight = 1.0 if run.subnet is None else subnet_loss_weight(out.loss, sel.get("loss_weight", "paper1"))
         total = total + weight * out.loss
         losses[f"loss/{run.subnet or 'full'}"] = float(out.loss.detach())
@@ -101,6 +106,18 @@ def supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_name
             total = total + reg
             losses["loss/regularizer"] = float(reg.detach())
     return total + anchor_unused_heads(unwrapped, {r.subnet for r in runs}), losses
+
+
+def shared_frontend(unwrapped, out, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frontend output of a forward pass ([B, T', d], `hidden_states[0]`) and its frame mask [B, T'].
+
+    Every net of a step reads the same batch, and the frontend is outside every size's mask, so all nets start
+    from one frontend output: its forward and backward then run once per step instead of once per net (a
+    third of a demo step went there). Same gradients; SpecAugment, if on, is drawn once per batch, as in the
+    papers' RETURNN pipeline, where augmentation is part of the data and every net of the step sees the same."""
+    embeds = out.hidden_states[0]
+    lengths = unwrapped._get_feat_extract_output_lengths(attention_mask.long().sum(-1))
+    return embeds, torch.arange(embeds.shape[1], device=embeds.device)[None, :] < lengths[:, None]
 
 
 def anchor_unused_heads(unwrapped, used) -> torch.Tensor:

@@ -120,12 +120,68 @@ def test_padded_batch_equals_each_utterance_alone(frontend_type, features):
     model = make_model(frontend_type=frontend_type)
     model.add_subnet("small", components=_nested_sizes(model)["small"])
     x, mask = features
+    # an odd padded length and loud garbage in the padding: no frontend may read it
+    x = torch.cat([x, torch.randn(2, 3, 80)], dim=1)
+    mask = torch.cat([mask, mask[:, -1:].repeat(1, 3)], dim=1)
+    x[1, 150:] = 1e3 * torch.randn(x.shape[1] - 150, 80)
     for subnet in (None, "small"):
         batched = model(x, attention_mask=mask, subnet=subnet).logits
         for b, length in enumerate(mask.sum(-1).tolist()):
             alone = model(x[b : b + 1, :length], subnet=subnet).logits
             assert alone.shape[1] == length // 4
             assert (batched[b, : length // 4] - alone[0]).abs().max() <= TOL
+
+
+def test_inputs_embeds_runs_the_encoder_on_a_given_frontend_output(features):
+    model = make_model()
+    model.add_subnet("small", components=_nested_sizes(model)["small"])
+    x, mask = features
+    out = model(x, attention_mask=mask, output_hidden_states=True)
+    embeds = out.hidden_states[0]  # [B, T', d]
+    embeds_mask = model._get_feat_extract_output_lengths(mask.sum(-1))[:, None] > torch.arange(embeds.shape[1])
+    for subnet in (None, "small"):
+        ref = model(x, attention_mask=mask, subnet=subnet).logits
+        got = model(inputs_embeds=embeds, attention_mask=embeds_mask, subnet=subnet).logits
+        assert torch.equal(got, ref)
+    with pytest.raises(ValueError, match="exactly one of input_features"):
+        model(x, attention_mask=mask, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="exactly one of input_features"):
+        model(attention_mask=mask)
+    with pytest.raises(ValueError, match="with inputs_embeds, attention_mask marks its frames"):
+        model(inputs_embeds=embeds, attention_mask=mask)
+    with pytest.raises(ValueError, match="hidden_size=64"):
+        model(inputs_embeds=x)
+
+
+def test_supernet_loss_runs_the_frontend_once_with_the_same_gradients(features):
+    from types import SimpleNamespace
+
+    from hf_dynasr.supernet import NetRun
+    from hf_dynasr.training_steps import supernet_loss
+
+    model = make_model().train()
+    for name, ids in _nested_sizes(model).items():
+        model.add_subnet(name, components=ids)
+    x, mask = features
+    batch = {"input_features": x, "attention_mask": mask, "labels": torch.tensor([[5, 6, 7, -100], [8, 9, 10, 11]])}
+    args = SimpleNamespace(selection={"loss_weight": "paper1"}, seed=0)
+    calls = []
+    model.dynasr.frontend.register_forward_hook(lambda *_: calls.append(1))
+    loss, _ = supernet_loss(model, model, batch, [NetRun(None), NetRun("small"), NetRun("mid")], args, None, 0,
+                            ["small", "mid"])
+    loss.backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(calls) == 1
+    model.zero_grad()
+    separate = sum(w * model(x, attention_mask=mask, labels=batch["labels"], subnet=s).loss
+                   for w, s in ((1.0, None), (0.3, "small"), (0.3, "mid")))
+    separate.backward()
+    assert len(calls) == 4
+    assert shared.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if name in shared:
+            assert torch.allclose(shared[name], p.grad, atol=1e-6, rtol=1e-4), name
+    assert shared["dynasr.frontend.conv1.weight"].abs().sum() > 0
 
 
 def test_gradients_reach_soft_gates(features):
