@@ -218,7 +218,6 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             )
         return lengths
 
-
     def _check_embeds(self, inputs_embeds, attention_mask) -> torch.Tensor:
         """Validate a frontend output [B, T', d] and its mask [B, T']; return the valid frames per utterance [B]."""
         d = self.config.hidden_size
@@ -229,8 +228,8 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             return torch.full(inputs_embeds.shape[:1], inputs_embeds.shape[1], dtype=torch.long,
                               device=inputs_embeds.device)
         if tuple(attention_mask.shape) != tuple(inputs_embeds.shape[:2]):
-            raise ValueError(f"with inputs_embeds, attention_mask marks its frames: shape {tuple(inputs_embeds.shape[:2])} "
-                             f"expected, got {tuple(attention_mask.shape)}")
+            raise ValueError(f"with inputs_embeds, attention_mask marks its frames: shape "
+                             f"{tuple(inputs_embeds.shape[:2])} expected, got {tuple(attention_mask.shape)}")
         return attention_mask.long().sum(-1)
 
 
