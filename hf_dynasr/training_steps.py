@@ -86,12 +86,12 @@ def supernet_loss(model, unwrapped, batch, runs, args, selector, step, size_name
     total, losses = 0.0, {}
     stage1 = any(run.soft for run in runs)
     drop_rate = sel.get("layerdrop_stage1" if stage1 else "layerdrop_stage2", 0.0 if stage1 else 0.1)
-    for run in runs:
+    for i, run in enumerate(runs):
         gates = run.gates
         if run.subnet is None and selector is not None:
             drop = selector.layerdrop_components(step) if stage1 else ~unwrapped.subnet_mask(size_names[0])
             gates = layerdrop_gates(drop, drop_rate, batch["input_features"].shape[0], generator)
-        if not losses:  # the first net computes the frontend output, the others start from it (shared_frontend)
+        if i == 0:  # the first net computes the frontend output, the others start from it (shared_frontend)
             out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
                         labels=batch["labels"], subnet=run.subnet, component_gates=gates, output_hidden_states=True)
             embeds, embeds_mask = shared_frontend(unwrapped, out, batch["attention_mask"])
