@@ -16,12 +16,12 @@ def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return torch.div(torch.div(lengths, 2, rounding_mode="floor"), 2, rounding_mode="floor")
 
 
-def _time_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:  # [B, T] bool
+def frame_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:  # [B, T] bool, True on the valid frames
     return torch.arange(time, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # x [B, C, T, F]
-    return x.masked_fill(~_time_mask(lengths, x.shape[2])[:, None, :, None], 0.0)
+    return x.masked_fill(~frame_mask(lengths, x.shape[2])[:, None, :, None], 0.0)
 
 
 class DynaSRVGGFrontend(nn.Module):

@@ -19,7 +19,7 @@ from .components import MODULE_NAMES, RESIDUAL_SCALE, ComponentIndex, module_nam
 from .configuration_dynasr import DynaSRConfig
 from .conformer_dynasr import MODULE_CLASSES, DynaSRConvModule, DynaSRConvolutionalGatingMLP, ModuleRoute, apply_module
 from .ebranchformer_dynasr import DynaSREBranchformerBlock
-from .frontend_dynasr import FRONTENDS, subsampled_lengths
+from .frontend_dynasr import FRONTENDS, frame_mask, subsampled_lengths
 from .specaugment import spec_augment
 from .subnet_dynasr import SubnetMixin
 
@@ -90,7 +90,7 @@ class DynaSRModel(DynaSRPreTrainedModel):
             if self.training and self.config.apply_spec_augment:
                 input_features = spec_augment(input_features, lengths, self.config)
             hidden_states, lengths = self.frontend(input_features, lengths)  # [B, T', d]
-        attention_mask = torch.arange(hidden_states.shape[1], device=lengths.device)[None, :] < lengths[:, None]
+        attention_mask = frame_mask(lengths, hidden_states.shape[1])  # [B, T']
         all_hidden = (hidden_states,) if output_hidden_states else None
         for b, layer in enumerate(self.layers):
             hidden_states = layer(hidden_states, attention_mask, routes[b] if routes else _FULL_ROUTES)

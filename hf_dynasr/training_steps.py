@@ -14,6 +14,7 @@ import os
 import torch
 
 from .configuration_dynasr import DynaSRConfig
+from .frontend_dynasr import frame_mask
 from .modeling_dynasr import DynaSRForCTC
 from .supernet import layerdrop_gates, size_fractions, subnet_loss_weight
 from .training_eval import evaluate_sizes
@@ -117,7 +118,7 @@ def shared_frontend(unwrapped, out, attention_mask) -> tuple[torch.Tensor, torch
     papers' RETURNN pipeline, where augmentation is part of the data and every net of the step sees the same."""
     embeds = out.hidden_states[0]
     lengths = unwrapped._get_feat_extract_output_lengths(attention_mask.long().sum(-1))
-    return embeds, torch.arange(embeds.shape[1], device=embeds.device)[None, :] < lengths[:, None]
+    return embeds, frame_mask(lengths, embeds.shape[1])
 
 
 def anchor_unused_heads(unwrapped, used) -> torch.Tensor:
