@@ -117,3 +117,15 @@ def train_in_process(args):
         module.main([str(a) for a in args])
     finally:
         AcceleratorState._reset_state(True)
+
+
+def mismatched_copy(path, dest):
+    """A copy of the checkpoint folder `path` at `dest` whose config says block 1's ffn2 has 96 units while its
+    weights have 128: a config that does not match the weights, for the loaders' error messages."""
+    import json
+
+    shutil.copytree(path, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["architecture_spec"][1]["ffn2"] = 96
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest

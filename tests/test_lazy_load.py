@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import mismatched_copy
 from tiny_supernet import TINY, supernet  # noqa: F401  (supernet is a fixture)
 from tiny_supernet import tiny_features as _features
 
@@ -89,11 +90,7 @@ def test_lazy_load_errors(supernet, tmp_path):
     with pytest.raises(CheckpointFormatError, match="pickle"):
         DynaSRForCTC.from_pretrained(pickled, subnet="small")
 
-    mismatch = tmp_path / "mismatch"
-    shutil.copytree(path, mismatch)
-    config = json.loads((mismatch / "config.json").read_text())
-    config["architecture_spec"][1]["ffn2"] = 96
-    (mismatch / "config.json").write_text(json.dumps(config))
+    mismatch = mismatched_copy(path, tmp_path / "mismatch")
     with pytest.raises(ValueError, match=r"dynasr\.layers\.1\.ffn2\.linear_in\.weight.*\[128, 64\].*\[96, 64\]"):
         DynaSRForCTC.from_pretrained(mismatch, subnet="small")
 

@@ -22,7 +22,7 @@ import traceback
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_model
+from conftest import REPO, make_model, mismatched_copy
 from safetensors.torch import load_file
 
 TRAIN_PY = os.path.join(REPO, "training", "train.py")
@@ -485,11 +485,7 @@ def test_whole_model_load_of_bad_weights_fails_loudly(checkpoint, tmp_path, capl
     with pytest.raises(OSError, match="truncated or corrupted"):
         DynaSRForCTC.from_pretrained(corrupted, subnet="small")
 
-    mismatch = tmp_path / "mismatch"
-    shutil.copytree(path, mismatch)
-    config = json.loads((mismatch / "config.json").read_text())
-    config["architecture_spec"][1]["ffn2"] = 96
-    (mismatch / "config.json").write_text(json.dumps(config))
+    mismatch = mismatched_copy(path, tmp_path / "mismatch")
     caplog.clear()
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         DynaSRForCTC.from_pretrained(mismatch)
