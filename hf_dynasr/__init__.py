@@ -7,11 +7,11 @@ Importing the package registers `DynaSRConfig` with `AutoConfig` and `DynaSRForC
 
 from transformers import AutoConfig, AutoModelForCTC
 
-from .budget import pick_subnet
-from .components import Component, ComponentIndex
-from .configuration_dynasr import DynaSRConfig
-from .modeling_dynasr import DynaSRForCTC, DynaSRModel, DynaSRPreTrainedModel
-from .processing import build_feature_extractor, build_processor, build_tokenizer
+from hf_dynasr.evaluation.budget import pick_subnet
+from hf_dynasr.models.dynasr.components_dynasr import Component, ComponentIndex
+from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
+from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC, DynaSRModel, DynaSRPreTrainedModel
+from hf_dynasr.data.processing import build_feature_extractor, build_processor, build_tokenizer
 
 AutoConfig.register("dynasr", DynaSRConfig, exist_ok=True)
 AutoModelForCTC.register(DynaSRConfig, DynaSRForCTC, exist_ok=True)

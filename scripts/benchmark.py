@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_dynasr import DynaSRConfig, DynaSRForCTC  # noqa: E402
-from hf_dynasr.metrics import machine_info  # noqa: E402
+from hf_dynasr.evaluation.metrics import machine_info  # noqa: E402
 
 from benchmark_report import headline_ratios, write_docs  # noqa: E402  (scripts/ is sys.path[0] for a script)
 
@@ -210,8 +210,8 @@ def suite_supernet(repeats: int) -> dict:
     from types import SimpleNamespace
 
     from hf_dynasr.selection import build_selector
-    from hf_dynasr.supernet import NetRun
-    from hf_dynasr.training_steps import supernet_loss
+    from hf_dynasr.trainer.supernet_step import NetRun
+    from hf_dynasr.trainer.steps import supernet_loss
 
     model = _demo_supernet()
     feats, mask, labels = _batch()
@@ -349,7 +349,7 @@ def suite_loading(repeats: int) -> dict:
 def suite_dmao(repeats: int) -> dict:
     """DMAO's share of training time on the demo schedule: score updates every `update_every` steps plus one
     reshape event, against the plain training steps of the same run length."""
-    from hf_dynasr.dmao import DMAO, DMAOConfig
+    from hf_dynasr.dmao.grow_and_drop import DMAO, DMAOConfig
 
     steps = 60
     model = DynaSRForCTC(DynaSRConfig(vocab_size=30, conv_granularity="chunk", **DEMO_MODEL)).train()

@@ -35,7 +35,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hf_dynasr.lm_decoding import build_lm
+    from hf_dynasr.lm.decoding import build_lm
 
     tokens = None
     if args.processor:

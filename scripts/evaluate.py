@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from hf_dynasr.metrics import (evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown,
+    from hf_dynasr.evaluation.metrics import (evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown,
                                    write_json)
 
     if args.num_threads:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     if args.lm:
         from transformers import AutoProcessor
 
-        from hf_dynasr.lm_decoding import load_lm_decoder
+        from hf_dynasr.lm.decoding import load_lm_decoder
 
         try:
             decoder = load_lm_decoder(args.lm, AutoProcessor.from_pretrained(args.checkpoint).tokenizer,

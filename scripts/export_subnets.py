@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hf_dynasr.hub import export_subnets
+    from hf_dynasr.export.hub import export_subnets
 
     training = None
     if args.training:

@@ -32,7 +32,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     token = args.token
-    from hf_dynasr.hub import HubPushError, format_plan, push_to_hub
+    from hf_dynasr.export.hub import HubPushError, format_plan, push_to_hub
 
     try:
         report = push_to_hub(

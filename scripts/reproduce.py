@@ -247,7 +247,7 @@ def _git(*cmd) -> str:
 
 
 def _machine() -> dict:
-    from hf_dynasr.metrics import machine_info  # imported late: --list and --help stay instant
+    from hf_dynasr.evaluation.metrics import machine_info  # imported late: --list and --help stay instant
 
     return {"cpu": machine_info()["cpu"], "cores": os.cpu_count(), "python": platform.python_version()}
 

@@ -1,4 +1,4 @@
-"""hf_dynasr.data on real (espeak-ng) speech in audiofolder, LibriSpeech, CSV and streaming layouts."""
+"""hf_dynasr.data.loading on real (espeak-ng) speech in audiofolder, LibriSpeech, CSV and streaming layouts."""
 
 import csv
 import shutil
@@ -22,7 +22,7 @@ from hf_dynasr.data import (  # noqa: E402
     prepare_dataset,
     resample,
 )
-from hf_dynasr.processing import build_feature_extractor, build_tokenizer  # noqa: E402
+from hf_dynasr.data import build_feature_extractor, build_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -286,7 +286,7 @@ def test_librispeech_layout(librispeech_root, speech_clips, fe, tok):
 def test_ctc_output_length_matches_model_frontend():
     assert [ctc_output_length(t) for t in (0, 3, 4, 7, 8, 401)] == [0, 0, 1, 1, 2, 100]
     try:
-        from hf_dynasr.frontend_dynasr import subsampled_lengths
+        from hf_dynasr.models.dynasr.frontend_dynasr import subsampled_lengths
     except ImportError:
         pytest.skip("model frontend not available")
     t = torch.arange(0, 300)
@@ -385,10 +385,10 @@ def test_filter_report_api():
 
 
 def test_hub_spec_parsing():
-    from hf_dynasr.data import _parse_spec
+    from hf_dynasr.data.loading import parse_spec
 
-    assert _parse_spec("hub:openslr/librispeech_asr:clean:train.100")[:4] == \
+    assert parse_spec("hub:openslr/librispeech_asr:clean:train.100")[:4] == \
         ("hub", "openslr/librispeech_asr", "clean", "train.100")
-    assert _parse_spec("hub:user/ds::train[:10]")[:4] == ("hub", "user/ds", None, "train[:10]")
-    assert _parse_spec({"type": "hub", "path": "a/b", "name": "c", "split": "test", "revision": "main"}) == \
+    assert parse_spec("hub:user/ds::train[:10]")[:4] == ("hub", "user/ds", None, "train[:10]")
+    assert parse_spec({"type": "hub", "path": "a/b", "name": "c", "split": "test", "revision": "main"}) == \
         ("hub", "a/b", "c", "test", {"revision": "main"})

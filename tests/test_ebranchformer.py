@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCTC
 
 from hf_dynasr import DynaSRConfig, DynaSRForCTC
-from hf_dynasr.components import ComponentIndex, component_params
-from hf_dynasr.costs_dynasr import measure_flops
-from hf_dynasr.dmao import DMAO, DMAOConfig, architecture_table, unit_config
+from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex, component_params
+from hf_dynasr.models.dynasr.costs_dynasr import measure_flops
+from hf_dynasr.dmao.grow_and_drop import DMAO, DMAOConfig, architecture_table, unit_config
 
 TOL = 1e-4
 EBF = dict(block_type="ebranchformer")

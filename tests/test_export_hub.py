@@ -47,7 +47,7 @@ def tiny_dataset():
 
 @pytest.fixture(scope="module")
 def results(supernet, tiny_dataset, tmp_path_factory):
-    from hf_dynasr.metrics import evaluate_checkpoint, write_json
+    from hf_dynasr.evaluation.metrics import evaluate_checkpoint, write_json
 
     path, _ = supernet
     res = evaluate_checkpoint(path, tiny_dataset, batch_size=2, latency_runs=1, latency_duration_s=1.0,
@@ -59,7 +59,7 @@ def results(supernet, tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export(supernet, results, tmp_path_factory):
-    from hf_dynasr.hub import export_subnets
+    from hf_dynasr.export.hub import export_subnets
 
     path, _ = supernet
     out = tmp_path_factory.mktemp("export") / "out"
@@ -73,7 +73,7 @@ def export(supernet, results, tmp_path_factory):
 
 
 def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
-    from hf_dynasr.metrics import plot_pareto, results_markdown, samples_markdown
+    from hf_dynasr.evaluation.metrics import plot_pareto, results_markdown, samples_markdown
 
     _, model = supernet
     res, file = results
@@ -102,12 +102,12 @@ def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
 def test_wer_cer_and_local_evaluate_module():
     import evaluate
 
-    from hf_dynasr.metrics import wer_cer
+    from hf_dynasr.evaluation.metrics import wer_cer
 
     refs, hyps = ["Hello, World!", "a b c d"], ["hello word", "a b d"]
     ours = wer_cer(refs, hyps)
     assert ours["wer"] == pytest.approx(2 / 6) and ours["substitutions"] == 1 and ours["deletions"] == 1
-    metric = evaluate.load(str(REPO_ROOT / "hf_dynasr" / "wer_metric"))
+    metric = evaluate.load(str(REPO_ROOT / "hf_dynasr" / "evaluation" / "wer_metric"))
     got = metric.compute(predictions=hyps, references=refs)
     assert set(got) == {"wer", "cer", "substitutions", "deletions", "insertions", "hits"}
     assert got["wer"] == pytest.approx(ours["wer"]) and got["cer"] == pytest.approx(ours["cer"])
@@ -115,7 +115,7 @@ def test_wer_cer_and_local_evaluate_module():
 
 
 def test_latency_table_and_script_guard(supernet, tmp_path):
-    from hf_dynasr.metrics import latency_table
+    from hf_dynasr.evaluation.metrics import latency_table
 
     path, _ = supernet
     target = tmp_path / "lt.json"
@@ -141,7 +141,7 @@ def test_export_layout_and_round_trip(supernet, export):
     for name in ("small", "mid"):
         folder = out / name
         for f in ("config.json", "model.safetensors", "README.md", "model.onnx", "processor_config.json",
-                  "vocab.json", "modeling_dynasr.py", "lazy_loading.py", "pareto.png"):
+                  "vocab.json", "modeling_dynasr.py", "loading_dynasr.py", "pareto.png"):
             assert (folder / f).is_file(), f
         loaded = AutoModelForCTC.from_pretrained(folder)
         assert loaded.config.active_subnet == name and not loaded.subnet_heads
@@ -210,7 +210,7 @@ def test_onnx_matches_pytorch(supernet, export):
 
 
 def test_export_refuses_non_empty_output(supernet, tmp_path):
-    from hf_dynasr.hub import export_subnets
+    from hf_dynasr.export.hub import export_subnets
 
     path, _ = supernet
     out = tmp_path / "out"
@@ -259,7 +259,7 @@ def test_model_cards(export):
 
 
 def test_push_dry_run_lists_files_without_network(export, capsys):
-    from hf_dynasr.hub import push_to_hub
+    from hf_dynasr.export.hub import push_to_hub
 
     out, _ = export
     with FakeHub() as hub:
@@ -280,7 +280,7 @@ def test_push_dry_run_lists_files_without_network(export, capsys):
 def test_push_offline_is_immediate_and_clear(export, capsys):
     from huggingface_hub import constants
 
-    from hf_dynasr.hub import HubPushError, push_to_hub
+    from hf_dynasr.export.hub import HubPushError, push_to_hub
 
     out, _ = export
     assert constants.HF_HUB_OFFLINE  # conftest forces offline mode
@@ -299,7 +299,7 @@ def test_push_unreachable_endpoint_is_clear(export, monkeypatch):
 
     from huggingface_hub import constants
 
-    from hf_dynasr.hub import HubPushError, push_to_hub
+    from hf_dynasr.export.hub import HubPushError, push_to_hub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     sock = socket.socket()
@@ -315,7 +315,7 @@ def test_push_unreachable_endpoint_is_clear(export, monkeypatch):
 def test_push_branches_to_fake_hub(export, monkeypatch):
     from huggingface_hub import constants
 
-    from hf_dynasr.hub import push_to_hub
+    from hf_dynasr.export.hub import push_to_hub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     out, _ = export
@@ -326,7 +326,7 @@ def test_push_branches_to_fake_hub(export, monkeypatch):
         small = hub.files("org/asr", "small")
         assert small["model.safetensors"] == (out / "small" / "model.safetensors").read_bytes()
         assert 'revision="small"' in small["README.md"].decode()
-        assert "subnet_dynasr.py" in hub.files("org/asr", "main")
+        assert "subnets_dynasr.py" in hub.files("org/asr", "main")
     assert all(r["commit_url"] for r in report)
 
 

@@ -19,7 +19,7 @@ class _ReadSpy:
     """Wraps the lazy loader's one file-read function to record every tensor read and the bytes it read."""
 
     def __init__(self, monkeypatch):
-        import hf_dynasr.lazy_loading as lazy
+        import hf_dynasr.models.dynasr.loading_dynasr as lazy
 
         self.keys, self.bytes = [], 0
         real = lazy._pread_into
@@ -67,7 +67,7 @@ def test_lazy_load_sharded_checkpoint(supernet, tmp_path):
 
 def test_lazy_load_errors(supernet, tmp_path):
     from hf_dynasr import DynaSRForCTC
-    from hf_dynasr.lazy_loading import CheckpointFormatError, runs
+    from hf_dynasr.models.dynasr.loading_dynasr import CheckpointFormatError, runs
 
     path, model = supernet
     assert runs([0, 1, 2, 7, 8, 3]) == [(0, 3), (7, 9), (3, 4)]
@@ -99,7 +99,7 @@ def test_lazy_load_errors(supernet, tmp_path):
 
 
 def test_pick_subnet(supernet, tmp_path):
-    from hf_dynasr.budget import pick_subnet
+    from hf_dynasr.evaluation.budget import pick_subnet
 
     path, model = supernet
     small, mid = (model.config.subnets[n] for n in ("small", "mid"))

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_dynasr import lm_decoding
-from hf_dynasr.lm_decoding import (
+from hf_dynasr.lm import decoding as lm_decoding
+from hf_dynasr.lm.decoding import (
     CONFIG_FILE,
     LEXICON_FILE,
     LM_FILE,
@@ -26,7 +26,7 @@ from hf_dynasr.lm_decoding import (
     read_lexicon,
     read_transcriptions,
 )
-from hf_dynasr.processing import DEFAULT_VOCAB, build_tokenizer
+from hf_dynasr.data import DEFAULT_VOCAB, build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HAS_FLASHLIGHT = importlib.util.find_spec("flashlight") is not None and \
@@ -291,8 +291,8 @@ def test_evaluate_and_export_with_lm(lm_dir, tmp_path):
     import torch
 
     from hf_dynasr import DynaSRConfig, DynaSRForCTC, build_processor
-    from hf_dynasr.hub import export_subnets
-    from hf_dynasr.metrics import evaluate_checkpoint, results_markdown
+    from hf_dynasr.export.hub import export_subnets
+    from hf_dynasr.evaluation.metrics import evaluate_checkpoint, results_markdown
 
     torch.manual_seed(0)
     model = DynaSRForCTC(DynaSRConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

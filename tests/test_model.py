@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCTC
 
 from hf_dynasr import DynaSRConfig, DynaSRForCTC
-from hf_dynasr.costs_dynasr import measure_flops
+from hf_dynasr.models.dynasr.costs_dynasr import measure_flops
 
 TOL = 1e-4
 
@@ -156,8 +156,8 @@ def test_inputs_embeds_runs_the_encoder_on_a_given_frontend_output(features):
 def test_supernet_loss_runs_the_frontend_once_with_the_same_gradients(features):
     from types import SimpleNamespace
 
-    from hf_dynasr.supernet import NetRun
-    from hf_dynasr.training_steps import supernet_loss
+    from hf_dynasr.trainer.supernet_step import NetRun
+    from hf_dynasr.trainer.steps import supernet_loss
 
     model = make_model().train()
     for name, ids in _nested_sizes(model).items():

@@ -77,7 +77,7 @@ def test_run_matrix_and_unknown_run():
 
 
 def test_warmup_stable_decay_schedule():
-    from hf_dynasr.schedule import build_scheduler
+    from hf_dynasr.trainer.schedule import build_scheduler
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([param], lr=1.0)

@@ -177,7 +177,7 @@ def test_kill_between_and_during_checkpoints_resumes_bitwise(corpus, reference, 
     assert sorted(os.listdir(ckpts)) == [".tmp-step_4", "step_2"]
     assert (ckpts / ".tmp-step_4" / "trainer_state.json").is_file()  # complete, only the rename was missing
     assert _tree_digest(ckpts / "step_2") == _tree_digest(ref / "checkpoints" / "step_2")
-    from hf_dynasr.checkpointing import resolve_checkpoint
+    from hf_dynasr.trainer.checkpointing import resolve_checkpoint
 
     assert resolve_checkpoint(str(ckpts), "latest") == str(ckpts / "step_2")
     # resumed, then killed between checkpoints (after update 5)
@@ -263,7 +263,7 @@ def test_gradient_check_with_and_without_clipping(features):
 
 
 def test_anomaly_detector_names_the_origin_module(features):
-    from hf_dynasr.anomaly import AnomalyDetector
+    from hf_dynasr.trainer.anomaly import AnomalyDetector
 
     model = make_model()
     x, mask = features
@@ -354,7 +354,7 @@ def test_metadata_paths_cannot_escape_the_dataset_root(tmp_path, speech_clips):
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
-    import hf_dynasr.checkpointing as ckpt
+    import hf_dynasr.trainer.checkpointing as ckpt
 
     model = make_model()
     accelerator = Accelerator(cpu=True)
@@ -443,7 +443,7 @@ def pickled(checkpoint, tmp_path):
 
 def test_pickle_only_checkpoint_is_refused_for_a_size(pickled, monkeypatch):
     from hf_dynasr import DynaSRForCTC
-    from hf_dynasr.lazy_loading import CheckpointFormatError
+    from hf_dynasr.models.dynasr.loading_dynasr import CheckpointFormatError
 
     calls = _spy_torch_load(monkeypatch)
     with pytest.raises(CheckpointFormatError, match=r"holds pickled weights \(pytorch_model\.bin\), not "

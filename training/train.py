@@ -44,11 +44,11 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_dynasr import build_processor  # noqa: E402
-from hf_dynasr.checkpointing import read_json, resolve_checkpoint, save_checkpoint, write_json  # noqa: E402
+from hf_dynasr.trainer.checkpointing import read_json, resolve_checkpoint, save_checkpoint, write_json  # noqa: E402
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset  # noqa: E402
-from hf_dynasr.schedule import build_scheduler  # noqa: E402
-from hf_dynasr.supernet import plan_step  # noqa: E402
-from hf_dynasr.training_steps import (  # noqa: E402  the step helpers main() calls, and the test hooks
+from hf_dynasr.trainer.schedule import build_scheduler  # noqa: E402
+from hf_dynasr.trainer.supernet_step import plan_step  # noqa: E402
+from hf_dynasr.trainer.steps import (  # noqa: E402  the step helpers main() calls, and the test hooks
     SUPERNET_KEYS,
     _test_hook,
     build_model,
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
         accelerator.register_for_checkpointing(selector)
     dmao = None
     if args.dmao:
-        from hf_dynasr.dmao import DMAO, DMAOConfig
+        from hf_dynasr.dmao.grow_and_drop import DMAO, DMAOConfig
 
         dmao = DMAO(model, DMAOConfig(**args.dmao), total_steps=args.max_steps)
         accelerator.register_for_checkpointing(dmao)
@@ -251,7 +251,7 @@ def main(argv=None) -> None:
     unwrapped = accelerator.unwrap_model(model)
     anomaly = None
     if args.detect_anomaly:
-        from hf_dynasr.anomaly import AnomalyDetector
+        from hf_dynasr.trainer.anomaly import AnomalyDetector
 
         anomaly = AnomalyDetector(unwrapped)
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")

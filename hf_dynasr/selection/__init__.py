@@ -19,10 +19,10 @@ for name, ids in selector.final_masks().items():  # nested binary masks at the s
 
 from __future__ import annotations
 
-from .base import CRITERIA, SubnetSelector
-from .iterative_zero_out import IterativeZeroOutSelector
-from .ortho_softmax import OrthoSoftmaxSelector, orthogonality_penalty
-from .simple_top_k import SimpleTopKSelector, soft_top_k
+from hf_dynasr.selection.base import CRITERIA, SubnetSelector
+from hf_dynasr.selection.iterative_zero_out import IterativeZeroOutSelector
+from hf_dynasr.selection.ortho_softmax import OrthoSoftmaxSelector, orthogonality_penalty
+from hf_dynasr.selection.simple_top_k import SimpleTopKSelector, soft_top_k
 
 #: method name -> selector class
 METHODS: dict[str, type[SubnetSelector]] = {

@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..components import ComponentIndex
-from ..costs_dynasr import ComponentCosts
+from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
+from hf_dynasr.models.dynasr.costs_dynasr import ComponentCosts
 
 CRITERIA = ("params", "flops")
 

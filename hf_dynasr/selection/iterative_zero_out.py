@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SubnetSelector
+from hf_dynasr.selection.base import SubnetSelector
 
 
 class IterativeZeroOutSelector(SubnetSelector):

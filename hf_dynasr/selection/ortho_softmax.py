@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SubnetSelector
+from hf_dynasr.selection.base import SubnetSelector
 
 NORMS = ("L2", "L2_sqrt", "L1")
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import SubnetSelector
+from hf_dynasr.selection.base import SubnetSelector
 
 EPSILON = float(np.finfo(np.float32).tiny)  # the author code's epsilon inside log(max(1 - a, eps))
 

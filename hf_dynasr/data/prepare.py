@@ -1,6 +1,6 @@
 """Robust preparation of speech datasets for hf_dynasr: features, labels, filtering with a report.
 
-``prepare_dataset`` decodes (``hf_dynasr.data_audio.load_audio``), featurises and tokenises every row once
+``prepare_dataset`` decodes (``hf_dynasr.data.audio.load_audio``), featurises and tokenises every row once
 and drops unusable rows, counting them per reason (:data:`DROP_REASONS`) in a :class:`FilterReport`;
 ``ctc_output_length`` is the encoder frame count the CTC feasibility check uses.
 """
@@ -22,10 +22,10 @@ try:  # datasets >= 4
 except ImportError:  # pragma: no cover
     from datasets import Sequence as _ListFeature
 
-from .data_audio import load_audio
-from .processing import SAMPLING_RATE
+from hf_dynasr.data.audio import load_audio
+from hf_dynasr.data.processing import SAMPLING_RATE
 
-logger = logging.getLogger("hf_dynasr.data")  # the name these log lines had before the split
+logger = logging.getLogger("hf_dynasr.data.loading")  # the name these log lines had before the split
 _IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked datasets.map worker
 
 __all__ = ["DROP_REASONS", "FilterReport", "ctc_output_length", "prepare_dataset"]

@@ -3,7 +3,7 @@
 `read_transcriptions` and `normalize_sentences` turn a corpus into word lists normalised like the training
 targets; `write_lexicon` / `read_lexicon` handle flashlight's lexicon format; `write_kneser_ney_arpa`
 estimates an interpolated Kneser-Ney n-gram and writes it as ARPA, `arpa_ngram_counts` reads an ARPA
-header. `hf_dynasr.lm_decoding.build_lm` puts them (or KenLM / IRSTLM) together into an LM folder.
+header. `hf_dynasr.lm.decoding.build_lm` puts them (or KenLM / IRSTLM) together into an LM folder.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def read_transcriptions(source, *, split: str = "train", text_column: str | None
     corpus with split subfolders, so test transcriptions never leak into the LM), a metadata
     `.csv`/`.tsv`/`.jsonl` file (text column: `text_column` or the first of text, transcription, sentence,
     ...), or a plain text file with one sentence per line."""
-    from .data import TEXT_COLUMN_CANDIDATES
+    from hf_dynasr.data import TEXT_COLUMN_CANDIDATES
 
     path = Path(source)
     if path.is_dir():
@@ -67,7 +67,7 @@ def read_transcriptions(source, *, split: str = "train", text_column: str | None
 def _token_list(tokens) -> list[str]:
     """Tokens by id from a tokenizer, a {token: id} mapping, or a sequence."""
     if tokens is None:
-        from .processing import DEFAULT_VOCAB
+        from hf_dynasr.data.processing import DEFAULT_VOCAB
 
         return list(DEFAULT_VOCAB)
     if hasattr(tokens, "get_vocab"):
@@ -87,7 +87,7 @@ def _spelling_chars(tokens: Sequence[str], delimiter: str) -> set[str]:
 def normalize_sentences(sentences: Iterable[str], tokens=None, delimiter: str = "|") -> list[list[str]]:
     """Sentences as word lists, normalised like training targets (`hf_dynasr.data.normalize_text`) and
     restricted to the single-character tokens of the vocabulary (default: a-z and ')."""
-    from .data import normalize_text
+    from hf_dynasr.data import normalize_text
 
     chars = _spelling_chars(_token_list(tokens), delimiter)
     letters = "".join(re.escape(c) for c in sorted(chars) if c != " ")

@@ -1,9 +1,9 @@
-"""Audio decoding for hf_dynasr.data: any source to mono float32 at a target rate, band-limited resampling.
+"""Audio decoding for hf_dynasr.data.loading: any source to mono float32 at a target rate, band-limited resampling.
 
 ``load_audio`` reads a path, encoded bytes, a ``{"path", "bytes"}`` or ``{"array", "sampling_rate"}`` dict
 or a ``datasets`` decoded audio object (soundfile first, torchcodec as a fallback for other containers),
 downmixes to mono and resamples with a windowed-sinc filter (``resample``, no torchaudio needed).
-``prepare_dataset`` (``hf_dynasr.data_prepare``) decodes every row through it.
+``prepare_dataset`` (``hf_dynasr.data.prepare``) decodes every row through it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .processing import SAMPLING_RATE
+from hf_dynasr.data.processing import SAMPLING_RATE
 
 __all__ = ["AudioDecodeError", "load_audio", "resample"]
 

@@ -11,7 +11,7 @@ import re
 
 from transformers import PretrainedConfig
 
-from .components import BLOCK_MODULES, BlockSpec, count_components, module_names
+from .components_dynasr import BLOCK_MODULES, BlockSpec, count_components, module_names
 
 SUBNETS_SCHEMA_VERSION = 1
 BLOCK_TYPES = tuple(BLOCK_MODULES)  # ("conformer", "ebranchformer")

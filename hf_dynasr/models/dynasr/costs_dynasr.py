@@ -14,8 +14,8 @@ from functools import lru_cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .components import ComponentIndex, component_params
-from .conformer_dynasr import MODULE_CLASSES, ModuleRoute
+from .components_dynasr import ComponentIndex, component_params
+from .modules_dynasr import MODULE_CLASSES, ModuleRoute
 
 
 @dataclass(frozen=True)

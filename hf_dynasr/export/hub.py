@@ -1,6 +1,6 @@
 """Per-size export, model cards and Hub sharing of hf_dynasr supernets.
 
-    from hf_dynasr.hub import export_subnets, push_to_hub
+    from hf_dynasr.export.hub import export_subnets, push_to_hub
     export_subnets("ckpt", "export", results=["results.json"], onnx=True)   # export/<size>/, export/supernet/
     push_to_hub("export", "org/asr", dry_run=True)                          # list every file, no network
     push_to_hub("export", "org/asr", layout="repos")                         # org/asr, org/asr-<size>, ...
@@ -13,8 +13,8 @@ renamed. Model cards are rendered from the templates in `model_cards/` with
 `huggingface_hub.ModelCard.from_template`; a push re-renders them with the real repository ids.
 
 This module holds the push (`push_to_hub`, `plan_push`, `format_plan`, `HubPushError`) and re-exports the
-rest, so every name above imports from here: the export is in `hf_dynasr.export`, the model cards in
-`hf_dynasr.model_card`.
+rest, so every name above imports from here: the export is in `hf_dynasr.export.subnets`, the model cards in
+`hf_dynasr.export.model_card`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .export import (
+from hf_dynasr.export.subnets import (
     EVAL_RESULTS,
     EXPORT_INFO,
     ONNX_FILE,
@@ -37,9 +37,9 @@ from .export import (
     export_subnets,
     size_references,
 )
-from .lm_decoding import LM_SUBDIR, lm_summary
-from .metrics import format_count
-from .model_card import (
+from hf_dynasr.lm.decoding import LM_SUBDIR, lm_summary
+from hf_dynasr.evaluation.metrics import format_count
+from hf_dynasr.export.model_card import (
     PIPELINE_TAG,
     TAGS,
     TEMPLATE_ENV,
@@ -115,7 +115,7 @@ def plan_push(export_dir, repo_id: str, *, layout: str = "repos", license: str |
     `export_dir`: an `export_subnets` output. Model cards are re-rendered with the real repo ids."""
     from huggingface_hub import CommitOperationAdd
 
-    from .configuration_dynasr import DynaSRConfig
+    from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
 
     if not _REPO_ID.match(repo_id or ""):
         raise ValueError(f"repo id must look like 'org/name'; got {repo_id!r}")

@@ -3,7 +3,7 @@
 Build an LM folder from training transcriptions, then decode CTC logits with a lexicon-constrained beam
 search (flashlight-text's LexiconDecoder with its KenLM wrapper, which loads ARPA files)::
 
-    from hf_dynasr.lm_decoding import build_lm, load_lm_decoder
+    from hf_dynasr.lm.decoding import build_lm, load_lm_decoder
     build_lm("data/demo_corpus", "lm", order=3)     # train/metadata.csv -> lm/{lm.arpa,lexicon.txt,lm_config.json}
     decoder = load_lm_decoder("lm", tokenizer=processor.tokenizer, lm_weight=1.0)  # pip install flashlight-text
     texts = decoder.decode(logits, lengths)         # logits [B, T, V] or [T, V] -> list[str]
@@ -13,7 +13,7 @@ package ``irstlm``) when present, else by a small pure-Python interpolated Knese
 (:func:`write_kneser_ney_arpa`). ``lexicon.txt`` is in flashlight's format: one word per line followed by
 its spelling in tokenizer characters, ending with the word delimiter ``|`` (``cat c a t |``).
 ``lm_config.json`` records the order, tool, vocabulary size, tokens and default decoding weights.
-The training text, lexicon and pure-Python ARPA estimation are in ``hf_dynasr.lm_build`` (importable from
+The training text, lexicon and pure-Python ARPA estimation are in ``hf_dynasr.lm.build`` (importable from
 here too); this module runs the external estimators, assembles LM folders, decodes and ships LMs.
 
 Decoding follows the tokenizer's conventions: blank = ``<pad>`` (id 0), words separated by ``|``. The model
@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from .lm_build import (
+from hf_dynasr.lm.build import (
     _token_list,
     arpa_ngram_counts,
     normalize_sentences,
@@ -176,7 +176,7 @@ def build_lm(
         "tokens": token_list, "blank_token": token_list[0], "word_delimiter": delimiter,
         "decoding": {**DEFAULT_DECODING, **(decoding or {})},
     }
-    from .metrics import write_json
+    from hf_dynasr.evaluation.metrics import write_json
 
     write_json(config, output_dir / CONFIG_FILE)
     return config

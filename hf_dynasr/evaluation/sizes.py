@@ -6,7 +6,7 @@ import jiwer
 import torch
 from torch.utils.data import DataLoader
 
-from .subnet_dynasr import FULL
+from hf_dynasr.models.dynasr.subnets_dynasr import FULL
 
 
 @torch.no_grad()

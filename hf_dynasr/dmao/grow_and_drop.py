@@ -45,7 +45,7 @@ Multi-process (DDP): gradients are already averaged when `observe` reads them, a
 averages the scores anyway. Parameters are replaced by new tensors, so a DDP wrapper must be rebuilt after
 `reshape` (its buckets refer to the old parameters); `reshape` unwraps `.module` / `._orig_mod` itself.
 
-The module surgery and optimizer-state transfer of a reshape are in `hf_dynasr.dmao_reshape` (re-exported here).
+The module surgery and optimizer-state transfer of a reshape are in `hf_dynasr.dmao.reshape` (re-exported here).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .components import MODULE_NAMES, Component, ComponentIndex, component_params, module_shared_params
-from .dmao_reshape import rebuild_module, refresh_component_index, remap_subnets, transfer_optimizer_state
+from hf_dynasr.models.dynasr.components_dynasr import MODULE_NAMES, Component, ComponentIndex, component_params, module_shared_params
+from hf_dynasr.dmao.reshape import rebuild_module, refresh_component_index, remap_subnets, transfer_optimizer_state
 
 logger = logging.getLogger(__name__)
 

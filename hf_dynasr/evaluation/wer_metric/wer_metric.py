@@ -1,14 +1,14 @@
 """Word and character error rate as a local `evaluate` module that works offline with jiwer 4.
 
     import evaluate
-    wer = evaluate.load("/abs/path/to/hf_dynasr/wer_metric")
+    wer = evaluate.load("/abs/path/to/hf_dynasr/evaluation/wer_metric")
     wer.compute(predictions=["hello word"], references=["hello world"])
     # {'wer': 0.5, 'cer': 0.0909..., 'substitutions': 1, 'deletions': 0, 'insertions': 0, 'hits': 1}
 
 Loading the Hub's "wer" metric with `evaluate` needs the Hub and its script imports `jiwer.compute_measures`, which jiwer 4 removed;
 this module has no such dependency. Scores are corpus level (total errors / total reference words or
 characters). With `normalize=True` (default) both sides are lowercased, accents and punctuation removed
-(apostrophes inside words kept), as in `hf_dynasr.metrics.normalize_for_scoring`.
+(apostrophes inside words kept), as in `hf_dynasr.evaluation.metrics.normalize_for_scoring`.
 """
 
 import re

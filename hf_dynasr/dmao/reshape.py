@@ -1,4 +1,4 @@
-"""Module surgery and bookkeeping of a DMAO reshape (hf_dynasr.dmao): rebuilt modules, optimizer state.
+"""Module surgery and bookkeeping of a DMAO reshape (hf_dynasr.dmao.grow_and_drop): rebuilt modules, optimizer state.
 
 `rebuild_module` builds a module holding chosen units of an old one (kept units, then copies, with the
 "copy" or "function_preserving" init and optional growth noise); `transfer_optimizer_state` swaps the new
@@ -14,10 +14,10 @@ import logging
 import torch
 from torch import nn
 
-from .components import Component, ComponentIndex
-from .conformer_dynasr import MODULE_CLASSES
+from hf_dynasr.models.dynasr.components_dynasr import Component, ComponentIndex
+from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
 
-logger = logging.getLogger("hf_dynasr.dmao")  # the name these log lines had before the split
+logger = logging.getLogger("hf_dynasr.dmao.grow_and_drop")  # the name these log lines had before the split
 
 
 # --- module surgery ----------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import logging
 import torch
 from torch import nn
 
-from .components import MODULE_NAMES, ComponentIndex
-from .conformer_dynasr import MODULE_CLASSES, ModuleRoute
+from .components_dynasr import MODULE_NAMES, ComponentIndex
+from .modules_dynasr import MODULE_CLASSES, ModuleRoute
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class SubnetMixin:
         Without `subnet` (and no `active_subnet` in the checkpoint) it returns the whole checkpoint.
         A strict size is loaded lazily: only its tensors and slices are read from the safetensors
         weights (see `lazy_loading.py`); other cases use the regular loader."""
-        from .lazy_loading import load_subnet_lazily
+        from .loading_dynasr import load_subnet_lazily
 
         # weights only from safetensors: a Hub repo's pytorch_model.bin would be unpickled (issue 8)
         kwargs.setdefault("use_safetensors", True)

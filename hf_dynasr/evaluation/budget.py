@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from .metrics import FULL, LATENCY_TABLE_NAME, format_count
+from hf_dynasr.evaluation.metrics import FULL, LATENCY_TABLE_NAME, format_count
 
 _COST_KEYS = (("max_params", "num_parameters", "parameters"), ("max_flops", "flops", "FLOPs"),
               ("max_latency_ms", "latency_ms", "latency ms"))
@@ -63,11 +63,11 @@ def size_table(path_or_model, *, with_latency: bool = False, **download_kwargs) 
             "not a supernet with sizes. Load it directly, or add sizes with model.add_subnet(...)."
         )
     if config is None:
-        from .configuration_dynasr import DynaSRConfig
+        from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
 
         config = DynaSRConfig.from_dict(config_dict)
-    from .components import ComponentIndex
-    from .costs_dynasr import count_parameters, measure_flops
+    from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
+    from hf_dynasr.models.dynasr.costs_dynasr import count_parameters, measure_flops
 
     total = len(ComponentIndex(config))
     sizes, covers_all = {}, False

@@ -2,12 +2,13 @@
 
 Cards are rendered from the templates in `model_cards/` with `huggingface_hub.ModelCard.from_template`:
 the size table (parameters, FLOPs, WER/CER per eval set, latency), the kept units per block, the training
-details safe to publish, and the `model-index` evaluation results. `hf_dynasr.export` writes them into an
-export folder; `hf_dynasr.hub` re-renders them with the real repository ids at push time.
+details safe to publish, and the `model-index` evaluation results. `hf_dynasr.export.subnets` writes them into an
+export folder; `hf_dynasr.export.hub` re-renders them with the real repository ids at push time.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import math
@@ -16,9 +17,9 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .metrics import FULL, format_count
+from hf_dynasr.evaluation.metrics import FULL, format_count
 
-logger = logging.getLogger("hf_dynasr.hub")  # the name these log lines had before the split
+logger = logging.getLogger("hf_dynasr.export.hub")  # the name these log lines had before the split
 
 TAGS = ["hf_dynasr", "ctc", "conformer", "supernet", "automatic-speech-recognition"]
 PIPELINE_TAG = "automatic-speech-recognition"
@@ -29,13 +30,13 @@ _SECRET = re.compile(r"token|secret|password|passwd|credential|auth|api_key", re
 
 def template_dir(path=None) -> Path:
     """Folder of the card templates: `path`, `$HF_DYNASR_CARD_TEMPLATES`, or the repository's `model_cards/`."""
-    candidates = [path, os.environ.get(TEMPLATE_ENV), Path(__file__).resolve().parent.parent / "model_cards"]
+    candidates = [path, os.environ.get(TEMPLATE_ENV), Path(str(importlib.resources.files("hf_dynasr.model_cards")))]
     for cand in candidates:
         if cand and (Path(cand) / "supernet.md").is_file() and (Path(cand) / "size.md").is_file():
             return Path(cand)
     raise FileNotFoundError(
         "model card templates (supernet.md, size.md) not found; pass template_dir=... or set "
-        f"{TEMPLATE_ENV} to the hf_dynasr repository's model_cards/ folder"
+        f"{TEMPLATE_ENV} to a folder holding them (the installed package ships them as hf_dynasr.model_cards)"
     )
 
 
@@ -139,8 +140,8 @@ def _eval_results(evals: list[dict], sizes: Iterable[str], per_size_names: bool)
 
 def _size_rows(config, evals: list[dict]) -> list[dict]:
     """One row per size (named subnets with a selection, plus "full"): name and costs."""
-    from .components import ComponentIndex
-    from .costs_dynasr import count_parameters, measure_flops
+    from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
+    from hf_dynasr.models.dynasr.costs_dynasr import count_parameters, measure_flops
 
     total = len(ComponentIndex(config))
     rows = []
@@ -205,7 +206,7 @@ def _spec_cell(block: dict) -> str:
 
 
 def _components_section(config, rows: list[dict], only: str | None = None) -> str:
-    from .components import ComponentIndex
+    from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
 
     index = ComponentIndex(config)
     rows = [r for r in rows if only is None or r["name"] == only]
@@ -273,7 +274,7 @@ def render_model_card(
     import transformers
     from huggingface_hub import ModelCard, ModelCardData
 
-    from . import __version__
+    from hf_dynasr import __version__
 
     evals = load_results(results)
     training = clean_training_details(training)

@@ -1,13 +1,13 @@
 """Evaluation of hf_dynasr checkpoints: WER/CER (jiwer 4, corpus level), sizes, latency, Pareto plots.
 
-    from hf_dynasr.metrics import evaluate_checkpoint, results_markdown, plot_pareto
+    from hf_dynasr.evaluation.metrics import evaluate_checkpoint, results_markdown, plot_pareto
     results = evaluate_checkpoint("ckpt", dataset)   # every size + "full"; dataset: columns audio, text
     table = results_markdown(results); plot_pareto(results, "pareto.png")
 
 `evaluate_checkpoint` scores the extracted model of each size (what `export_subnets` ships), computes the
 features of each batch once for all sizes, and reports per size: WER, CER, error counts, parameters,
 FLOPs at the config's reference duration, and (optionally) latency at batch 1 on 10 s of audio with the
-real-time factor on this machine. `evaluate` is not needed: `hf_dynasr/wer_metric` wraps the same
+real-time factor on this machine. `evaluate` is not needed: `hf_dynasr/evaluation/wer_metric` wraps the same
 scoring as a local `evaluate` module for `evaluate.load(path)`.
 """
 
@@ -133,7 +133,7 @@ def load_model_and_processor(model_or_dir, processor=None, **kwargs):
     """(model in eval mode, processor, checkpoint path or None) from a directory/Hub id or a model."""
     from transformers import AutoProcessor
 
-    from .modeling_dynasr import DynaSRForCTC
+    from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
 
     path = None
     if isinstance(model_or_dir, (str, os.PathLike)):
@@ -176,7 +176,7 @@ def size_model(model, name: str):
 
 def size_costs(model, name: str) -> dict:
     """Parameters (one CTC head) and FLOPs at the reference duration of size `name`."""
-    from .costs_dynasr import count_parameters, measure_flops
+    from hf_dynasr.models.dynasr.costs_dynasr import count_parameters, measure_flops
 
     entry = model.config.subnets.get(name) or {}
     params, flops = entry.get("num_parameters"), entry.get("flops")
@@ -191,7 +191,7 @@ def size_costs(model, name: str) -> dict:
 def transcribe_batch(model, feature_extractor, tokenizer, arrays, *, features=None, subnet=None, decoder=None):
     """Greedy CTC transcription of a list of 16 kHz arrays (or precomputed `features`).
 
-    With `decoder` (e.g. `hf_dynasr.lm_decoding.LexiconLMDecoder`: `decode(logits, lengths) -> list[str]`),
+    With `decoder` (e.g. `hf_dynasr.lm.decoding.LexiconLMDecoder`: `decode(logits, lengths) -> list[str]`),
     returns `(greedy, decoded)` from the same forward pass."""
     import torch
 
@@ -282,7 +282,7 @@ def evaluate_checkpoint(
     `{"checkpoint", "dataset", "split", "num_utterances", "audio_duration_s", "machine", "reference_duration_s",
     "latency_setup", "sizes": {name: {wer, cer, substitutions, deletions, insertions, hits, num_words,
     num_parameters, flops, latency_ms, feature_extraction_ms, rtf, ...}}}`, sizes ordered by parameters.
-    `decoder`: also decode with it (e.g. `hf_dynasr.lm_decoding.load_lm_decoder(lm_dir, tokenizer)`) and add
+    `decoder`: also decode with it (e.g. `hf_dynasr.lm.decoding.load_lm_decoder(lm_dir, tokenizer)`) and add
     `lm_wer`, `lm_cer` and `lm` (all scores + examples) per size, and `lm_decoder` (its settings)."""
     model, processor, path = load_model_and_processor(model_or_dir, processor)
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer

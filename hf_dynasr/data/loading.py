@@ -1,64 +1,22 @@
-"""Speech data for hf_dynasr: loading, text normalisation, robust preparation, duration batching, collation.
-
-Typical use::
-
-    from hf_dynasr.data import (load_speech_dataset, prepare_dataset, DurationBatchSampler,
-                                DataCollatorCTCWithPadding)
-    from hf_dynasr.processing import build_feature_extractor, build_tokenizer
-
-    fe, tok = build_feature_extractor(), build_tokenizer()
-    raw = load_speech_dataset("audiofolder:data/synth", split="train")      # columns audio, text, path, ...
-    train, report = prepare_dataset(raw, fe, tok, max_duration_s=20.0, num_proc=2)
-    logger.info("%s", report)                                               # what was dropped and why
-    sampler = DurationBatchSampler.from_dataset(train, max_batch_seconds=60.0, seed=0)
-    loader = DataLoader(train.with_format("numpy"), batch_sampler=sampler,   # numpy: fast collation
-                        collate_fn=DataCollatorCTCWithPadding(fe))
-
-Audio is decoded by ``prepare_dataset`` itself (soundfile first, torchcodec as a fallback for other
-containers), downmixed to mono and resampled to the feature extractor's rate with a windowed-sinc
-resampler, so one unreadable file is reported instead of crashing ``Dataset.map``. Decoding rows of the
-loaded dataset directly (``ds[0]["audio"]``) goes through ``datasets``/torchcodec instead; both give
-16 kHz mono float32, with slightly different resampling filters.
-
-This module holds the loading part (dataset specs, ``load_speech_dataset``, ``normalize_text``) and
-re-exports the rest, so every name above imports from here: audio decoding and resampling live in
-``hf_dynasr.data_audio``, preparation and the filter report in ``hf_dynasr.data_prepare``, the batch
-sampler and the collator in ``hf_dynasr.data_batching``.
-"""
+"""Loading speech corpora: dataset specs (Hub, LibriSpeech folders, audiofolder, CSV) -> a `datasets.Dataset`
+with `audio` and `text` columns, transcripts normalised by `hf_dynasr.data.text.normalize_text`."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import glob
 import json
 import os
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from datasets import Audio, Dataset, IterableDataset, Value, load_dataset
 
-from .data_audio import AudioDecodeError, load_audio, resample
-from .data_batching import DataCollatorCTCWithPadding, DurationBatchSampler
-from .data_prepare import DROP_REASONS, FilterReport, ctc_output_length, prepare_dataset
-from .processing import SAMPLING_RATE
+from hf_dynasr.data.processing import SAMPLING_RATE
+from hf_dynasr.data.text import normalize_text
 
-__all__ = [
-    "AudioDecodeError",
-    "DataCollatorCTCWithPadding",
-    "DROP_REASONS",
-    "DurationBatchSampler",
-    "FilterReport",
-    "SPEC_FORMS",
-    "ctc_output_length",
-    "load_audio",
-    "load_speech_dataset",
-    "normalize_text",
-    "prepare_dataset",
-    "resample",
-]
+__all__ = ["AUDIO_COLUMN_CANDIDATES", "SPEC_FORMS", "TEXT_COLUMN_CANDIDATES", "load_speech_dataset"]
 
 TEXT_COLUMN_CANDIDATES = ("text", "transcription", "sentence", "transcript", "normalized_text", "raw_text")
 AUDIO_COLUMN_CANDIDATES = ("audio", "file_name", "path", "file", "filename", "audio_path", "filepath",
@@ -72,57 +30,6 @@ SPEC_FORMS = """\
                         a plain existing directory with metadata.csv (or train/metadata.csv) works too
   "csv:<file.csv>"      a CSV/TSV with an audio-path column and a text column (paths relative to its folder)
   dicts take the same types: {"type": "librispeech" | "audiofolder" | "csv", "path": ...}"""
-
-
-# ==========================================================================================================
-# Text
-# ==========================================================================================================
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u02bc": "'"})
-
-
-@functools.lru_cache(maxsize=32)
-def _not_in_class(keep: str) -> re.Pattern:
-    return re.compile(f"[^{keep}]")
-
-
-def normalize_text(
-    text: str | None,
-    *,
-    lowercase: bool = True,
-    keep: str = "a-z' ",
-    unknown: str = "drop",
-    strip_accents: bool = True,
-    separators: str = "-_/\u2013\u2014",
-    strip_edge_apostrophes: bool = True,
-) -> str:
-    """Normalise a transcription for a character CTC vocabulary.
-
-    Steps: typographic apostrophes -> ``'``; accents stripped (``é`` -> ``e``); lowercase; the characters in
-    ``separators`` (hyphens, slashes, dashes) become spaces; characters outside the regex character class
-    ``keep`` are dropped (``unknown="drop"``), replaced by a space (``"space"``) or kept (``"keep"``, leaving
-    them to ``prepare_dataset``'s ``oov`` policy); apostrophes at word edges are removed (quotes, not
-    contractions); whitespace is collapsed. Digits are not spelled out: they are unknown characters by default.
-
-    >>> normalize_text("Don't   STOP -- it's well-known, Café!")
-    "don't stop it's well known cafe"
-    """
-    if not text:
-        return ""
-    if unknown not in ("drop", "space", "keep"):
-        raise ValueError(f"unknown must be 'drop', 'space' or 'keep', got {unknown!r}")
-    text = text.translate(_APOSTROPHES)
-    if strip_accents:
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    if lowercase:
-        text = text.lower()
-    for sep in separators:
-        text = text.replace(sep, " ")
-    text = re.sub(r"\s+", " ", text)
-    if unknown != "keep":
-        text = _not_in_class(keep).sub("" if unknown == "drop" else " ", text)
-    if strip_edge_apostrophes:
-        text = re.sub(r"(?<!\w)'+|'+(?!\w)", "", text)
-    return " ".join(text.split())
 
 
 # ==========================================================================================================
@@ -151,7 +58,7 @@ def load_speech_dataset(
 
     Local corpora are listed in memory (paths only) and, with ``streaming=True``, iterated lazily.
     """
-    kind, path, name, spec_split, extra = _parse_spec(spec)
+    kind, path, name, spec_split, extra = parse_spec(spec)
     split = split if split is not None else spec_split
     extra = dict(extra)
     text_column = text_column or extra.pop("text_column", None)
@@ -173,7 +80,7 @@ def load_speech_dataset(
     return ds.to_iterable_dataset() if streaming else ds
 
 
-def _parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, str, str | None, str | None, dict]:
+def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, str, str | None, str | None, dict]:
     """-> (kind, path, config name, split, extra load_dataset kwargs)."""
     kinds = ("hub", "librispeech", "audiofolder", "csv")
     if isinstance(spec, Mapping):

@@ -2,10 +2,10 @@
 
 An export folder holds `supernet/` (the whole checkpoint, all CTC heads) and one folder per size: compact
 weights from `extract_subnet`, a config with the size's architecture spec and `active_subnet`, the
-processor, the remote-code files, `README.md` (model card, `hf_dynasr.model_card`) and optionally
+processor, the remote-code files, `README.md` (model card, `hf_dynasr.export.model_card`) and optionally
 `model.onnx`, `eval_results.json` and `pareto.png`. Writes are atomic: everything goes to a temporary
 sibling folder first, which is then renamed. `size_references` names each size's repository (and branch)
-for a given Hub layout; the cards written here and the push (`hf_dynasr.hub`) both use it.
+for a given Hub layout; the cards written here and the push (`hf_dynasr.export.hub`) both use it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .lm_decoding import LM_SUBDIR, copy_lm_dir, lm_summary, read_lm_config
-from .metrics import LATENCY_TABLE_NAME, plot_pareto, write_json
-from .model_card import clean_training_details, load_results, read_training_details, render_model_card
+from hf_dynasr.lm.decoding import LM_SUBDIR, copy_lm_dir, lm_summary, read_lm_config
+from hf_dynasr.evaluation.metrics import LATENCY_TABLE_NAME, plot_pareto, write_json
+from hf_dynasr.export.model_card import clean_training_details, load_results, read_training_details, render_model_card
 
 SUPERNET_DIR = "supernet"
 EXPORT_INFO = "export_info.json"
@@ -175,7 +175,7 @@ def export_subnets(
     non-empty `output_dir` unless `overwrite`."""
     from transformers import AutoProcessor
 
-    from .modeling_dynasr import DynaSRForCTC
+    from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
 
     output_dir = Path(output_dir).absolute()
     _check_output(output_dir, overwrite)

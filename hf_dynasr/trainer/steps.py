@@ -13,11 +13,11 @@ import os
 
 import torch
 
-from .configuration_dynasr import DynaSRConfig
-from .frontend_dynasr import frame_mask
-from .modeling_dynasr import DynaSRForCTC
-from .supernet import layerdrop_gates, size_fractions, subnet_loss_weight
-from .training_eval import evaluate_sizes
+from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
+from hf_dynasr.models.dynasr.frontend_dynasr import frame_mask
+from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
+from hf_dynasr.trainer.supernet_step import layerdrop_gates, size_fractions, subnet_loss_weight
+from hf_dynasr.evaluation.sizes import evaluate_sizes
 
 logger = logging.getLogger("hf_dynasr.train")
 

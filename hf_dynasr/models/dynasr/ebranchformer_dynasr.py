@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .components import RESIDUAL_SCALE, module_names
-from .conformer_dynasr import MODULE_CLASSES, ModuleRoute, apply_module
+from .components_dynasr import RESIDUAL_SCALE, module_names
+from .modules_dynasr import MODULE_CLASSES, ModuleRoute, apply_module
 
 
 class DynaSRBranchMerge(nn.Module):

@@ -15,13 +15,13 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
-from .components import MODULE_NAMES, RESIDUAL_SCALE, ComponentIndex, module_names
+from .components_dynasr import MODULE_NAMES, RESIDUAL_SCALE, ComponentIndex, module_names
 from .configuration_dynasr import DynaSRConfig
-from .conformer_dynasr import MODULE_CLASSES, DynaSRConvModule, DynaSRConvolutionalGatingMLP, ModuleRoute, apply_module
+from .modules_dynasr import MODULE_CLASSES, DynaSRConvModule, DynaSRConvolutionalGatingMLP, ModuleRoute, apply_module
 from .ebranchformer_dynasr import DynaSREBranchformerBlock
 from .frontend_dynasr import FRONTENDS, frame_mask, subsampled_lengths
-from .specaugment import spec_augment
-from .subnet_dynasr import SubnetMixin
+from .specaugment_dynasr import spec_augment
+from .subnets_dynasr import SubnetMixin
 
 logger = logging.getLogger(__name__)
 

@@ -282,8 +282,8 @@ def load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs
     `None` is returned when no strict subnet is requested (no `subnet`/`active_subnet`, `"full"`, or a size
     covering every component), or for arguments the lazy path does not implement (`model_args`, a
     multi-device `device_map`, unknown model kwargs); the caller then loads the whole checkpoint."""
-    from .components import ComponentIndex
-    from .subnet_dynasr import FULL, subnet_slice_plan
+    from .components_dynasr import ComponentIndex
+    from .subnets_dynasr import FULL, subnet_slice_plan
 
     if model_args or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
         return None

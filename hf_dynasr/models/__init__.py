@@ -1,0 +1,1 @@
+"""Model folders, one per architecture, in the layout of `transformers.models`."""
