@@ -51,8 +51,8 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from hf_dynasr.evaluation.metrics import (evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown,
-                                   write_json)
+    from hf_dynasr.evaluation.metrics import (evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown)
+    from hf_dynasr.json_io import write_json
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     )
     out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
     os.makedirs(out, exist_ok=True)
-    write_json(results, os.path.join(out, "results.json"))
+    write_json(os.path.join(out, "results.json"), results)
     table = results_markdown(results)
     samples = samples_markdown(results)
     markdown = os.path.join(out, "results.md")

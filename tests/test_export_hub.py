@@ -47,13 +47,14 @@ def tiny_dataset():
 
 @pytest.fixture(scope="module")
 def results(supernet, tiny_dataset, tmp_path_factory):
-    from hf_dynasr.evaluation.metrics import evaluate_checkpoint, write_json
+    from hf_dynasr.evaluation.metrics import evaluate_checkpoint
+    from hf_dynasr.json_io import write_json
 
     path, _ = supernet
     res = evaluate_checkpoint(path, tiny_dataset, batch_size=2, latency_runs=1, latency_duration_s=1.0,
                               dataset_name="tiny-test", split="test")
     file = tmp_path_factory.mktemp("eval") / "results.json"
-    write_json(res, file)
+    write_json(file, res)
     return res, file
 
 

@@ -44,7 +44,8 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_dynasr import build_processor  # noqa: E402
-from hf_dynasr.trainer.checkpointing import read_json, resolve_checkpoint, save_checkpoint, write_json  # noqa: E402
+from hf_dynasr.json_io import read_json, write_json  # noqa: E402
+from hf_dynasr.trainer.checkpointing import resolve_checkpoint, save_checkpoint  # noqa: E402
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset  # noqa: E402
 from hf_dynasr.trainer.schedule import build_scheduler  # noqa: E402
 from hf_dynasr.trainer.supernet_step import plan_step  # noqa: E402

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import jiwer
 
+from hf_dynasr.json_io import write_json
+
 logger = logging.getLogger(__name__)
 
 FULL = "full"
@@ -361,27 +363,9 @@ def latency_table(model_or_dir, processor=None, *, subnets="all", duration_s: fl
             raise ValueError("latency_table(save=True) needs a local checkpoint directory; pass save='path.json'")
         if os.path.isdir(target):
             target = os.path.join(target, LATENCY_TABLE_NAME)
-        write_json(table, target)
+        write_json(target, table)
         table["path"] = os.fspath(target)
     return table
-
-
-def write_json(data, path) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, float) and math.isinf(value):
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 # --- reporting ------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hf_dynasr.lm.decoding import LM_SUBDIR, copy_lm_dir, lm_summary, read_lm_config
-from hf_dynasr.evaluation.metrics import LATENCY_TABLE_NAME, plot_pareto, write_json
+from hf_dynasr.evaluation.metrics import LATENCY_TABLE_NAME, plot_pareto
+from hf_dynasr.json_io import write_json
 from hf_dynasr.export.model_card import clean_training_details, load_results, read_training_details, render_model_card
 
 SUPERNET_DIR = "supernet"
@@ -217,7 +218,7 @@ def export_subnets(
                                         title="hf_dynasr: WER of every size"))
         info = {"checkpoint": os.fspath(checkpoint), "sizes": names, "license": license,
                 "datasets": datasets or [], "training": training, "onnx": onnx, "supernet": include_supernet}
-        write_json(info, tmp / EXPORT_INFO)
+        write_json(tmp / EXPORT_INFO, info)
         folders = {}
         targets = ([SUPERNET_DIR] if include_supernet else []) + names
         for name in targets:
@@ -237,7 +238,7 @@ def export_subnets(
                 del sub
             processor.save_pretrained(folder)
             if evals:
-                write_json(evals, folder / EVAL_RESULTS)
+                write_json(folder / EVAL_RESULTS, evals)
             if plot_src is not None:
                 shutil.copy2(plot_src, folder / PLOT_FILE)
             folders[name] = folder

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+from hf_dynasr.json_io import write_json
 from hf_dynasr.lm.build import (
     _token_list,
     arpa_ngram_counts,
@@ -176,9 +177,8 @@ def build_lm(
         "tokens": token_list, "blank_token": token_list[0], "word_delimiter": delimiter,
         "decoding": {**DEFAULT_DECODING, **(decoding or {})},
     }
-    from hf_dynasr.evaluation.metrics import write_json
 
-    write_json(config, output_dir / CONFIG_FILE)
+    write_json(output_dir / CONFIG_FILE, config)
     return config
 
 

@@ -10,11 +10,12 @@ its `.tmp-` prefix and is ignored (and cleaned) by the next run.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
 import shutil
+
+from hf_dynasr.json_io import write_json
 
 logger = logging.getLogger(__name__)
 _STEP = re.compile(r"^step_(\d+)$")
@@ -96,18 +97,3 @@ def _disk_full(err: BaseException | None) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
-
-
-def write_json(path: str, data) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
