@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-logger = logging.getLogger("hf_dynasr.data.loading")  # the name these log lines had before the split
+logger = logging.getLogger(__name__)
 
 __all__ = ["DataCollatorCTCWithPadding", "DurationBatchSampler"]
 

@@ -7,7 +7,6 @@ import csv
 import glob
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,8 @@ from datasets import Audio, Dataset, IterableDataset, Value, load_dataset
 from hf_dynasr.data.processing import SAMPLING_RATE
 from hf_dynasr.data.text import normalize_text
 
-__all__ = ["AUDIO_COLUMN_CANDIDATES", "SPEC_FORMS", "TEXT_COLUMN_CANDIDATES", "load_speech_dataset"]
+__all__ = ["AUDIO_COLUMN_CANDIDATES", "SPEC_FORMS", "TEXT_COLUMN_CANDIDATES", "load_speech_dataset", "parse_spec",
+           "read_table"]
 
 TEXT_COLUMN_CANDIDATES = ("text", "transcription", "sentence", "transcript", "normalized_text", "raw_text")
 AUDIO_COLUMN_CANDIDATES = ("audio", "file_name", "path", "file", "filename", "audio_path", "filepath",
@@ -74,7 +74,7 @@ def load_speech_dataset(
         data_dir = _split_dir(path, split, marker=_has_metadata)
         columns = _audiofolder_columns(data_dir, audio_column, text_column)
     else:  # csv
-        columns = _table_columns(_read_table(path), os.path.dirname(os.path.abspath(path)), path,
+        columns = _table_columns(read_table(path), os.path.dirname(os.path.abspath(path)), path,
                                  audio_column, text_column)
     ds = _standardize(Dataset.from_dict(columns), "text", "audio", sampling_rate, normalize, path)
     return ds.to_iterable_dataset() if streaming else ds
@@ -158,11 +158,13 @@ def _librispeech_columns(root: str) -> dict[str, list]:
     return cols
 
 
-def _read_table(path: str) -> list[dict]:
+def read_table(path) -> list[dict]:
+    """The rows of a metadata table: `.jsonl` (one JSON object a line), `.tsv`, or else CSV with a header."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"metadata file not found: {path}")
     with open(path, newline="", encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
+        if path.lower().endswith(".jsonl"):
             return [json.loads(line) for line in f if line.strip()]
         return list(csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ","))
 
@@ -171,7 +173,7 @@ def _audiofolder_columns(folder: str, audio_column: str | None, text_column: str
     for name in ("metadata.csv", "metadata.jsonl"):
         if os.path.isfile(os.path.join(folder, name)):
             table = os.path.join(folder, name)
-            return _table_columns(_read_table(table), os.path.abspath(folder), table,
+            return _table_columns(read_table(table), os.path.abspath(folder), table,
                                   audio_column or "file_name", text_column)
     raise FileNotFoundError(f"no metadata.csv or metadata.jsonl in {folder}")
 

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
 from hf_dynasr.data.audio import load_audio
 from hf_dynasr.data.processing import SAMPLING_RATE
 
-logger = logging.getLogger("hf_dynasr.data.loading")  # the name these log lines had before the split
+logger = logging.getLogger(__name__)
 _IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked datasets.map worker
 
 __all__ = ["DROP_REASONS", "FilterReport", "ctc_output_length", "prepare_dataset"]
@@ -210,54 +210,72 @@ def prepare_dataset(
     """
     if oov not in ("drop", "remove", "unk"):
         raise ValueError(f"oov must be 'drop', 'remove' or 'unk', got {oov!r}")
-    vocab = tokenizer.get_vocab()
-    specials = set(getattr(tokenizer, "all_special_tokens", []))
-    allowed = {tok for tok in vocab if len(tok) == 1 and tok not in specials}
-    delimiter = getattr(tokenizer, "word_delimiter_token", None)
-    if delimiter in vocab:
-        allowed.add(" ")
-    if oov == "unk" and getattr(tokenizer, "unk_token", None) not in vocab:
+    if oov == "unk" and getattr(tokenizer, "unk_token", None) not in tokenizer.get_vocab():
         raise ValueError("oov='unk' needs a tokenizer with an unk token")
     n_mels = int(getattr(feature_extractor, "feature_size", 80))
     options = dict(
         audio_column=audio_column, text_column=text_column, n_mels=n_mels,
         sampling_rate=int(getattr(feature_extractor, "sampling_rate", SAMPLING_RATE)),
-        feature_extractor=feature_extractor, tokenizer=tokenizer, allowed_chars=frozenset(allowed), oov=oov,
-        min_duration_s=float(min_duration_s or 0.0), max_duration_s=max_duration_s,
+        feature_extractor=feature_extractor, tokenizer=tokenizer, allowed_chars=_allowed_characters(tokenizer),
+        oov=oov, min_duration_s=float(min_duration_s or 0.0), max_duration_s=max_duration_s,
         subsampling_factor=subsampling_factor,
     )
-    features = ds.features
-    if features is not None and isinstance(features.get(audio_column), Audio):
+    if ds.features is not None and isinstance(ds.features.get(audio_column), Audio):
         ds = ds.cast_column(audio_column, Audio(decode=False))
-        features = ds.features
-    out_features = None
-    if features is not None:
-        out_features = Features({k: v for k, v in features.items() if k != audio_column})
-        out_features.update({
-            text_column: Value("string"),
-            "input_features": Array2D(shape=(None, n_mels), dtype="float32"),
-            "labels": _ListFeature(Value("int32")),
-            "input_length": Value("int32"),
-            "duration": Value("float32"),
-            **{c: Value("string") for c in _HELPER_COLUMNS},
-        })
     report = FilterReport(max_examples=max_examples)
-    map_kwargs = dict(batched=True, batch_size=batch_size, remove_columns=[audio_column], features=out_features,
-                      fn_kwargs=options)
-
+    map_kwargs = dict(batched=True, batch_size=batch_size, remove_columns=[audio_column],
+                      features=_output_features(ds.features, audio_column, text_column, n_mels), fn_kwargs=options)
     if isinstance(ds, IterableDataset):
-        report.streaming = True
-
-        def account(reason, path, detail, duration):
-            report.add(reason, path, detail, duration)
-            return reason == ""
-
-        mapped = ds.map(_prepare_batch, **map_kwargs)
-        prepared = mapped.filter(account, input_columns=["_drop_reason", "_drop_path", "_drop_detail", "duration"])
-        return prepared.remove_columns(_HELPER_COLUMNS), report
-
+        return _prepare_streaming(ds, map_kwargs, report), report
     mapped = ds.map(_prepare_batch, writer_batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
                     desc="Preparing speech features", **map_kwargs)
+    prepared = _keep_usable(mapped, report)
+    logger.info("%s", report)
+    return prepared, report
+
+
+def _allowed_characters(tokenizer) -> frozenset[str]:
+    """The transcript characters the tokenizer spells: its one-character tokens, and space for the word
+    delimiter."""
+    vocab = tokenizer.get_vocab()
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    allowed = {tok for tok in vocab if len(tok) == 1 and tok not in specials}
+    if getattr(tokenizer, "word_delimiter_token", None) in vocab:
+        allowed.add(" ")
+    return frozenset(allowed)
+
+
+def _output_features(features, audio_column: str, text_column: str, n_mels: int) -> Features | None:
+    """The features of the mapped dataset (None when the input's are unknown)."""
+    if features is None:
+        return None
+    out = Features({k: v for k, v in features.items() if k != audio_column})
+    out.update({
+        text_column: Value("string"),
+        "input_features": Array2D(shape=(None, n_mels), dtype="float32"),
+        "labels": _ListFeature(Value("int32")),
+        "input_length": Value("int32"),
+        "duration": Value("float32"),
+        **{c: Value("string") for c in _HELPER_COLUMNS},
+    })
+    return out
+
+
+def _prepare_streaming(ds: IterableDataset, map_kwargs: dict, report: FilterReport) -> IterableDataset:
+    """Lazy preparation: rows are counted into `report` as the result is iterated."""
+    report.streaming = True
+
+    def account(reason, path, detail, duration):
+        report.add(reason, path, detail, duration)
+        return reason == ""
+
+    mapped = ds.map(_prepare_batch, **map_kwargs)
+    prepared = mapped.filter(account, input_columns=["_drop_reason", "_drop_path", "_drop_detail", "duration"])
+    return prepared.remove_columns(_HELPER_COLUMNS)
+
+
+def _keep_usable(mapped: Dataset, report: FilterReport) -> Dataset:
+    """The rows of `mapped` with no drop reason; every row counted into `report`."""
     meta = mapped.select_columns(_HELPER_COLUMNS + ["duration"]).with_format(None)[:]
     kept = []
     for i, (reason, path, detail, duration) in enumerate(
@@ -267,6 +285,4 @@ def prepare_dataset(
         if not reason:
             kept.append(i)
     prepared = mapped.select(kept) if len(kept) < len(mapped) else mapped
-    prepared = prepared.remove_columns(_HELPER_COLUMNS)
-    logger.info("%s", report)
-    return prepared, report
+    return prepared.remove_columns(_HELPER_COLUMNS)
