@@ -5,31 +5,35 @@
 
 Parameters and FLOPs come from `config.subnets` (FLOPs at the config's reference duration, batch 1);
 latency from `latency_table.json` beside the checkpoint, written on the target machine by
-`python scripts/evaluate.py --checkpoint DIR --latency-table`.
+`python scripts/evaluate_model.py --checkpoint DIR --latency-table`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-from hf_dynasr.evaluation.metrics import FULL, LATENCY_TABLE_NAME, format_count
+from transformers.utils.hub import cached_file
+
+from hf_dynasr.evaluation.latency import LATENCY_TABLE_NAME
+from hf_dynasr.evaluation.reports import format_count
+from hf_dynasr.json_io import read_json
+from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
+from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
+from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
+from hf_dynasr.models.dynasr.subnets_dynasr import FULL
 
 _COST_KEYS = (("max_params", "num_parameters", "parameters"), ("max_flops", "flops", "FLOPs"),
               ("max_latency_ms", "latency_ms", "latency ms"))
 
 
 def _load(path_or_model, download_kwargs):
-    """(config as a dict, checkpoint path or None)."""
+    """(config as a dict, checkpoint path or None, the config object of a loaded model or None)."""
     if hasattr(path_or_model, "config"):
         config = path_or_model.config
         path = getattr(config, "name_or_path", None) or None
         return config.to_dict(), path, config
-    from transformers.utils.hub import cached_file
-
     path = os.fspath(path_or_model)
-    with open(cached_file(path, "config.json", **download_kwargs), encoding="utf-8") as f:
-        return json.load(f), path, None
+    return read_json(cached_file(path, "config.json", **download_kwargs)), path, None
 
 
 def _latency_table(path, download_kwargs) -> dict | None:
@@ -39,8 +43,6 @@ def _latency_table(path, download_kwargs) -> dict | None:
         file = os.path.join(path, LATENCY_TABLE_NAME)
         file = file if os.path.isfile(file) else None
     else:
-        from transformers.utils.hub import cached_file
-
         try:
             file = cached_file(path, LATENCY_TABLE_NAME, _raise_exceptions_for_missing_entries=False,
                                _raise_exceptions_for_connection_errors=False, **download_kwargs)
@@ -48,8 +50,7 @@ def _latency_table(path, download_kwargs) -> dict | None:
             file = None
     if file is None:
         return None
-    with open(file, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(file)
 
 
 def size_table(path_or_model, *, with_latency: bool = False, **download_kwargs) -> dict[str, dict]:
@@ -63,30 +64,25 @@ def size_table(path_or_model, *, with_latency: bool = False, **download_kwargs) 
             "not a supernet with sizes. Load it directly, or add sizes with model.add_subnet(...)."
         )
     if config is None:
-        from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
-
         config = DynaSRConfig.from_dict(config_dict)
-    from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
-    from hf_dynasr.models.dynasr.costs_dynasr import count_parameters, measure_flops
-
-    total = len(ComponentIndex(config))
+    index = ComponentIndex(config)
     sizes, covers_all = {}, False
     for name, entry in subnets.items():
-        if len(set(entry["components"])) == total:
-            covers_all = True
+        covers_all = covers_all or index.covers_all(entry["components"])
         if entry.get("num_parameters") is None or entry.get("flops") is None:
             raise ValueError(f"subnet '{name}' of {path} has no recorded num_parameters/flops; re-save it with "
                              "this hf_dynasr version (model.add_subnet fills them in)")
         sizes[name] = {"num_parameters": int(entry["num_parameters"]), "flops": int(entry["flops"])}
     if not covers_all:
-        sizes[FULL] = {"num_parameters": count_parameters(config), "flops": measure_flops(config)}
+        sizes[FULL] = {"num_parameters": DynaSRForCTC.count_parameters(config),
+                       "flops": DynaSRForCTC.measure_flops(config)}
     if with_latency:
         table = _latency_table(path, download_kwargs)
         if table is None:
             where = path or "the checkpoint"
             raise FileNotFoundError(
                 f"max_latency_ms needs {LATENCY_TABLE_NAME} beside {where}, and there is none. Measure it on the "
-                f"target machine: python scripts/evaluate.py --checkpoint {where} --latency-table"
+                f"target machine: python scripts/evaluate_model.py --checkpoint {where} --latency-table"
             )
         for name, row in table.get("sizes", {}).items():
             if name in sizes and row.get("latency_ms") is not None:
@@ -110,7 +106,7 @@ def pick_subnet(path_or_model, max_params: float | None = None, max_flops: float
         missing = [n for n, s in sizes.items() if "latency_ms" not in s]
         if len(missing) == len(sizes):
             raise ValueError(f"{LATENCY_TABLE_NAME} has no entry for any size ({', '.join(sizes)}); "
-                             "re-run scripts/evaluate.py --latency-table for this checkpoint")
+                             "re-run scripts/evaluate_model.py --latency-table for this checkpoint")
 
     def fits(cost: dict) -> bool:
         for arg, key, _ in _COST_KEYS:

@@ -1,5 +1,48 @@
-"""Per-size export (checkpoints, ONNX, model cards from `model_cards/`) and the Hub push."""
+"""Export and sharing: per-size checkpoints (`subnets`), ONNX (`onnx_export`), model cards from the templates in
+`model_cards/` (`model_card`), Hub repository naming (`repo_layout`) and the push (`hub`).
 
-from hf_dynasr.export.hub import HubPushError, export_subnets, push_to_hub
+Every public name imports from here.
+"""
 
-__all__ = ["HubPushError", "export_subnets", "push_to_hub"]
+from hf_dynasr.export.hub import HubPushError, PushTarget, format_plan, plan_push, push_to_hub
+from hf_dynasr.export.model_card import (
+    PIPELINE_TAG,
+    TAGS,
+    TEMPLATE_ENV,
+    clean_training_details,
+    load_results,
+    read_training_details,
+    render_model_card,
+    template_dir,
+)
+from hf_dynasr.export.onnx_export import export_onnx
+from hf_dynasr.export.repo_layout import LAYOUTS, check_layout, format_reference, is_repo_id, size_references
+from hf_dynasr.export.subnets import EVAL_RESULTS, EXPORT_INFO, ONNX_FILE, PLOT_FILE, SUPERNET_DIR, export_subnets
+
+__all__ = [
+    "EVAL_RESULTS",
+    "EXPORT_INFO",
+    "HubPushError",
+    "LAYOUTS",
+    "ONNX_FILE",
+    "PIPELINE_TAG",
+    "PLOT_FILE",
+    "PushTarget",
+    "SUPERNET_DIR",
+    "TAGS",
+    "TEMPLATE_ENV",
+    "check_layout",
+    "clean_training_details",
+    "export_onnx",
+    "export_subnets",
+    "format_plan",
+    "format_reference",
+    "is_repo_id",
+    "load_results",
+    "plan_push",
+    "push_to_hub",
+    "read_training_details",
+    "render_model_card",
+    "size_references",
+    "template_dir",
+]

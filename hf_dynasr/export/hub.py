@@ -1,79 +1,34 @@
-"""Per-size export, model cards and Hub sharing of hf_dynasr supernets.
+"""Sharing an export on the Hub: one commit per repository (or branch), planned offline, pushed with the
+user's token.
 
-    from hf_dynasr.export.hub import export_subnets, push_to_hub
+    from hf_dynasr.export import export_subnets, push_to_hub
     export_subnets("ckpt", "export", results=["results.json"], onnx=True)   # export/<size>/, export/supernet/
     push_to_hub("export", "org/asr", dry_run=True)                          # list every file, no network
     push_to_hub("export", "org/asr", layout="repos")                         # org/asr, org/asr-<size>, ...
 
-An export folder holds `supernet/` (the whole checkpoint, all CTC heads) and one folder per size: compact
-weights from `extract_subnet`, a config with the size's architecture spec and `active_subnet`, the
-processor, the remote-code files, `README.md` (model card) and optionally `model.onnx`, `eval_results.json`
-and `pareto.png`. Writes are atomic: everything goes to a temporary sibling folder first, which is then
-renamed. Model cards are rendered from the templates in `model_cards/` with
-`huggingface_hub.ModelCard.from_template`; a push re-renders them with the real repository ids.
-
-This module holds the push (`push_to_hub`, `plan_push`, `format_plan`, `HubPushError`) and re-exports the
-rest, so every name above imports from here: the export is in `hf_dynasr.export.subnets`, the model cards in
-`hf_dynasr.export.model_card`.
+`plan_push` builds every commit offline and re-renders the model cards with the real repository ids
+(`hf_dynasr.export.repo_layout` names them); `push_to_hub` uploads them, exporting a supernet checkpoint
+first when given one. The token is never printed, logged or written.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_dynasr.export.subnets import (
-    EVAL_RESULTS,
-    EXPORT_INFO,
-    ONNX_FILE,
-    PLOT_FILE,
-    SUPERNET_DIR,
-    _check_layout,
-    _ref_str,
-    export_onnx,
-    export_subnets,
-    size_references,
-)
-from hf_dynasr.lm.decoding import LM_SUBDIR, lm_summary
-from hf_dynasr.evaluation.metrics import format_count
-from hf_dynasr.export.model_card import (
-    PIPELINE_TAG,
-    TAGS,
-    TEMPLATE_ENV,
-    _REPO_ID,
-    clean_training_details,
-    load_results,
-    read_training_details,
-    render_model_card,
-    template_dir,
-)
+from huggingface_hub import CommitOperationAdd, constants
 
-__all__ = [
-    "EVAL_RESULTS",
-    "EXPORT_INFO",
-    "HubPushError",
-    "ONNX_FILE",
-    "PIPELINE_TAG",
-    "PLOT_FILE",
-    "PushTarget",
-    "SUPERNET_DIR",
-    "TAGS",
-    "TEMPLATE_ENV",
-    "clean_training_details",
-    "export_onnx",
-    "export_subnets",
-    "format_plan",
-    "load_results",
-    "plan_push",
-    "push_to_hub",
-    "read_training_details",
-    "render_model_card",
-    "size_references",
-    "template_dir",
-]
+from hf_dynasr.evaluation.reports import format_count
+from hf_dynasr.export.model_card import render_model_card
+from hf_dynasr.export.repo_layout import check_layout, format_reference, is_repo_id, size_references
+from hf_dynasr.export.subnets import EVAL_RESULTS, EXPORT_INFO, ONNX_FILE, PLOT_FILE, SUPERNET_DIR, export_subnets
+from hf_dynasr.json_io import read_json
+from hf_dynasr.lm.build import LM_SUBDIR, lm_summary
+from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
+
+__all__ = ["HubPushError", "PushTarget", "format_plan", "plan_push", "push_to_hub"]
 
 
 # =========================================================================================================
@@ -113,20 +68,14 @@ def plan_push(export_dir, repo_id: str, *, layout: str = "repos", license: str |
     """Build every commit of a push offline (`CommitOperationAdd` hashes each file now); no network.
 
     `export_dir`: an `export_subnets` output. Model cards are re-rendered with the real repo ids."""
-    from huggingface_hub import CommitOperationAdd
-
-    from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
-
-    if not _REPO_ID.match(repo_id or ""):
+    if not is_repo_id(repo_id):
         raise ValueError(f"repo id must look like 'org/name'; got {repo_id!r}")
-    _check_layout(layout)
+    check_layout(layout)
     export_dir = Path(export_dir)
     if not _is_export_dir(export_dir):
         raise FileNotFoundError(f"{export_dir} is not an export folder (no {SUPERNET_DIR}/config.json); run "
                                 "scripts/export_subnets.py first or pass a supernet checkpoint")
-    info = {}
-    if (export_dir / EXPORT_INFO).is_file():
-        info = json.loads((export_dir / EXPORT_INFO).read_text(encoding="utf-8"))
+    info = read_json(export_dir / EXPORT_INFO) if (export_dir / EXPORT_INFO).is_file() else {}
     supernet_config = DynaSRConfig.from_pretrained(export_dir / SUPERNET_DIR)
     sizes = [p.name for p in sorted(export_dir.iterdir())
              if p.is_dir() and p.name != SUPERNET_DIR and not p.name.startswith(".") and (p / "config.json").is_file()]
@@ -135,13 +84,12 @@ def plan_push(export_dir, repo_id: str, *, layout: str = "repos", license: str |
     targets += [PushTarget(refs[s][0], refs[s][1], os.fspath(export_dir / s), s) for s in sizes]
     for target in targets:
         folder = Path(target.folder)
-        evals = json.loads((folder / EVAL_RESULTS).read_text(encoding="utf-8")) if (folder / EVAL_RESULTS).is_file() \
-            else []
+        evals = read_json(folder / EVAL_RESULTS) if (folder / EVAL_RESULTS).is_file() else []
         card = render_model_card(
             supernet_config, size=target.size, repo_id=target.repo_id, supernet_repo=repo_id,
             revision=target.revision, results=evals, training=info.get("training"),
             plot_file=PLOT_FILE if (folder / PLOT_FILE).is_file() else None,
-            size_refs={k: _ref_str(*v) for k, v in refs.items()} if target.size is None else None,
+            size_refs={k: format_reference(*v) for k, v in refs.items()} if target.size is None else None,
             onnx=(folder / ONNX_FILE).is_file(), license=license or info.get("license") or "apache-2.0",
             datasets=info.get("datasets"), template_path=template_path,
             language_model=lm_summary(folder / LM_SUBDIR))
@@ -224,8 +172,6 @@ def push_to_hub(
 
 
 def _check_online() -> None:
-    from huggingface_hub import constants
-
     if constants.HF_HUB_OFFLINE:
         raise HubPushError(
             "HF_HUB_OFFLINE=1 is set, so nothing can be pushed. Unset it (e.g. `HF_HUB_OFFLINE=0 python "
@@ -234,6 +180,7 @@ def _check_online() -> None:
 
 
 def _upload(targets, report, *, private, token, endpoint, commit_message) -> None:
+    # the network client and its errors are imported only when something is actually uploaded
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -256,7 +203,7 @@ def _upload(targets, report, *, private, token, endpoint, commit_message) -> Non
             info = api.create_commit(target.repo_id, operations=target.operations, commit_message=commit_message,
                                      revision=target.revision, repo_type="model")
             entry["commit_url"] = getattr(info, "commit_url", None) or str(info)
-    except OfflineModeIsEnabled as err:
+    except OfflineModeIsEnabled:
         raise HubPushError(
             "offline mode is enabled (HF_HUB_OFFLINE=1): unset it on a machine with network access, or use "
             "--dry-run to list the files"

@@ -17,19 +17,28 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from hf_dynasr.evaluation.metrics import FULL, format_count
+import transformers
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-logger = logging.getLogger("hf_dynasr.export.hub")  # the name these log lines had before the split
+from hf_dynasr import __version__
+from hf_dynasr.evaluation.reports import format_count
+from hf_dynasr.export.repo_layout import is_repo_id
+from hf_dynasr.json_io import read_json
+from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
+from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
+from hf_dynasr.models.dynasr.subnets_dynasr import FULL
+
+logger = logging.getLogger(__name__)
 
 TAGS = ["hf_dynasr", "ctc", "conformer", "supernet", "automatic-speech-recognition"]
 PIPELINE_TAG = "automatic-speech-recognition"
 TEMPLATE_ENV = "HF_DYNASR_CARD_TEMPLATES"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SECRET = re.compile(r"token|secret|password|passwd|credential|auth|api_key", re.IGNORECASE)
 
 
 def template_dir(path=None) -> Path:
-    """Folder of the card templates: `path`, `$HF_DYNASR_CARD_TEMPLATES`, or the repository's `model_cards/`."""
+    """Folder of the card templates: `path`, `$HF_DYNASR_CARD_TEMPLATES`, or the installed package data
+    `hf_dynasr.model_cards` (the repository's `model_cards/`, also after a non-editable install)."""
     candidates = [path, os.environ.get(TEMPLATE_ENV), Path(str(importlib.resources.files("hf_dynasr.model_cards")))]
     for cand in candidates:
         if cand and (Path(cand) / "supernet.md").is_file() and (Path(cand) / "size.md").is_file():
@@ -41,7 +50,7 @@ def template_dir(path=None) -> Path:
 
 
 def load_results(results) -> list[dict]:
-    """Evaluation results (from `evaluate_checkpoint` / `scripts/evaluate.py`) as a list, one per eval set:
+    """Evaluation results (from `evaluate_checkpoint` / `scripts/evaluate_model.py`) as a list, one per eval set:
     accepts None, a dict, a JSON path, or a list of those."""
     if results is None:
         return []
@@ -50,13 +59,12 @@ def load_results(results) -> list[dict]:
     out = []
     for item in results:
         if isinstance(item, (str, os.PathLike)):
-            with open(item, encoding="utf-8") as f:
-                item = json.load(f)
+            item = read_json(item)
         if isinstance(item, list):
             out.extend(load_results(item))
         elif isinstance(item, Mapping):
             if "sizes" not in item:
-                raise ValueError("evaluation results need a 'sizes' mapping (output of scripts/evaluate.py)")
+                raise ValueError("evaluation results need a 'sizes' mapping (output of scripts/evaluate_model.py)")
             out.append(dict(item))
         else:
             raise TypeError(f"cannot read evaluation results from {type(item).__name__}")
@@ -91,8 +99,7 @@ def read_training_details(checkpoint) -> dict:
         path = os.path.join(checkpoint, name)
         if os.path.isfile(path):
             try:
-                with open(path, encoding="utf-8") as f:
-                    return clean_training_details(json.load(f))
+                return clean_training_details(read_json(path))
             except (OSError, ValueError):
                 logger.warning("could not read %s", path)
     return {}
@@ -117,8 +124,6 @@ def _finite(x) -> bool:
 
 
 def _eval_results(evals: list[dict], sizes: Iterable[str], per_size_names: bool):
-    from huggingface_hub import EvalResult
-
     out = []
     for res in evals:
         for size in sizes:
@@ -140,22 +145,19 @@ def _eval_results(evals: list[dict], sizes: Iterable[str], per_size_names: bool)
 
 def _size_rows(config, evals: list[dict]) -> list[dict]:
     """One row per size (named subnets with a selection, plus "full"): name and costs."""
-    from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
-    from hf_dynasr.models.dynasr.costs_dynasr import count_parameters, measure_flops
-
-    total = len(ComponentIndex(config))
+    index = ComponentIndex(config)
     rows = []
     for name, entry in config.subnets.items():
         ids = entry.get("components")
         if ids is None:
             continue
         rows.append({"name": name, "num_parameters": entry.get("num_parameters"), "flops": entry.get("flops"),
-                     "components": sorted(ids), "covers_all": len(set(ids)) == total})
+                     "components": sorted(ids), "covers_all": index.covers_all(ids)})
     if not any(r["covers_all"] for r in rows):
         measured = next((r["sizes"].get(FULL) for r in evals if FULL in r["sizes"]), None) or {}
-        rows.append({"name": FULL, "components": list(range(total)), "covers_all": True,
-                     "num_parameters": measured.get("num_parameters") or count_parameters(config),
-                     "flops": measured.get("flops") or measure_flops(config)})
+        rows.append({"name": FULL, "components": list(range(len(index))), "covers_all": True,
+                     "num_parameters": measured.get("num_parameters") or DynaSRForCTC.count_parameters(config),
+                     "flops": measured.get("flops") or DynaSRForCTC.measure_flops(config)})
     rows.sort(key=lambda r: (r["num_parameters"] or 0, r["flops"] or 0))
     return rows
 
@@ -206,8 +208,6 @@ def _spec_cell(block: dict) -> str:
 
 
 def _components_section(config, rows: list[dict], only: str | None = None) -> str:
-    from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
-
     index = ComponentIndex(config)
     rows = [r for r in rows if only is None or r["name"] == only]
     specs = {r["name"]: index.spec_for(config, r["components"]) for r in rows}
@@ -270,12 +270,7 @@ def render_model_card(
     `supernet_config`: the supernet's config (sizes, specs, costs). `repo_id`: where this card lives;
     `supernet_repo`: the supernet's repo (size cards); `revision`: the branch of a size (branch layout);
     `results`: evaluation results (see `load_results`); `size_refs`: {size: "org/name-40M" or
-    "org/name@40M"} listed on the supernet card; `language_model`: `lm_decoding.lm_summary` of a shipped LM."""
-    import transformers
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from hf_dynasr import __version__
-
+    "org/name@40M"} listed on the supernet card; `language_model`: `hf_dynasr.lm.build.lm_summary` of a shipped LM."""
     evals = load_results(results)
     training = clean_training_details(training)
     rows = _size_rows(supernet_config, evals)
@@ -291,7 +286,7 @@ def render_model_card(
         license=license, tags=list(TAGS), pipeline_tag=PIPELINE_TAG, library_name="transformers",
         datasets=datasets or None, model_name=title_repo,
         eval_results=_eval_results(evals, [size] if size else names, per_size_names=size is None),
-        base_model=supernet_repo if size is not None and _REPO_ID.match(supernet_repo) else None,
+        base_model=supernet_repo if size is not None and is_repo_id(supernet_repo) else None,
     )
     row = next((r for r in rows if r["name"] == size), None)
     context = dict(

@@ -1,21 +1,35 @@
-"""Pure-Python building blocks of hf_dynasr's LM folders: training text, lexicon, ARPA n-gram estimation.
+"""hf_dynasr's LM folders: training text, lexicon, and `build_lm`, which writes `lm.arpa`, `lexicon.txt` and
+`lm_config.json` into a folder; `read_lm_config`, `copy_lm_dir` and `lm_summary` read and ship such folders.
 
 `read_transcriptions` and `normalize_sentences` turn a corpus into word lists normalised like the training
-targets; `write_lexicon` / `read_lexicon` handle flashlight's lexicon format; `write_kneser_ney_arpa`
-estimates an interpolated Kneser-Ney n-gram and writes it as ARPA, `arpa_ngram_counts` reads an ARPA
-header. `hf_dynasr.lm.decoding.build_lm` puts them (or KenLM / IRSTLM) together into an LM folder.
+targets (`hf_dynasr.data.text.normalize_text`); `write_lexicon` / `read_lexicon` handle flashlight's lexicon
+format (`cat<TAB>c a t |`: a word, its spelling in tokenizer characters and the word delimiter `|`); the ARPA
+file is estimated by `hf_dynasr.lm.arpa`. `lm_config.json` records the order, tool, vocabulary size, tokens
+and default decoding weights.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import re
+import shutil
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from hf_dynasr.data.loading import TEXT_COLUMN_CANDIDATES, read_table
+from hf_dynasr.data.processing import DEFAULT_VOCAB
+from hf_dynasr.data.text import normalize_text
+from hf_dynasr.json_io import read_json, write_json
+from hf_dynasr.lm.arpa import arpa_ngram_counts, choose_tool, estimate_arpa
+
+LM_FILE = "lm.arpa"
+LEXICON_FILE = "lexicon.txt"
+CONFIG_FILE = "lm_config.json"
+LM_SUBDIR = "language_model"  # an LM folder shipped inside an exported size
+#: Beam search defaults written to lm_config.json (flashlight's LexiconDecoder options; LM scores are log10).
+DEFAULT_DECODING = {"lm_weight": 1.0, "word_score": 0.0, "beam_size": 50, "beam_threshold": 25.0, "sil_score": 0.0}
 
 
 # =========================================================================================================
@@ -37,8 +51,6 @@ def read_transcriptions(source, *, split: str = "train", text_column: str | None
     corpus with split subfolders, so test transcriptions never leak into the LM), a metadata
     `.csv`/`.tsv`/`.jsonl` file (text column: `text_column` or the first of text, transcription, sentence,
     ...), or a plain text file with one sentence per line."""
-    from hf_dynasr.data import TEXT_COLUMN_CANDIDATES
-
     path = Path(source)
     if path.is_dir():
         table = _metadata_file(path) or _metadata_file(path / split)
@@ -48,15 +60,10 @@ def read_transcriptions(source, *, split: str = "train", text_column: str | None
         path = table
     if not path.is_file():
         raise FileNotFoundError(f"training text not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".jsonl"):
+    if path.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
-    with open(path, newline="", encoding="utf-8") as f:
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    rows = read_table(path)
     header = list(rows[0]) if rows else []
     column = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in header), None)
     if rows and column not in header:
@@ -64,11 +71,9 @@ def read_transcriptions(source, *, split: str = "train", text_column: str | None
     return [str(r.get(column) or "").strip() for r in rows if str(r.get(column) or "").strip()]
 
 
-def _token_list(tokens) -> list[str]:
-    """Tokens by id from a tokenizer, a {token: id} mapping, or a sequence."""
+def token_list(tokens) -> list[str]:
+    """Tokens by id from a tokenizer, a {token: id} mapping, or a sequence (None: the default vocabulary)."""
     if tokens is None:
-        from hf_dynasr.data.processing import DEFAULT_VOCAB
-
         return list(DEFAULT_VOCAB)
     if hasattr(tokens, "get_vocab"):
         tokens = tokens.get_vocab()
@@ -87,9 +92,7 @@ def _spelling_chars(tokens: Sequence[str], delimiter: str) -> set[str]:
 def normalize_sentences(sentences: Iterable[str], tokens=None, delimiter: str = "|") -> list[list[str]]:
     """Sentences as word lists, normalised like training targets (`hf_dynasr.data.normalize_text`) and
     restricted to the single-character tokens of the vocabulary (default: a-z and ')."""
-    from hf_dynasr.data import normalize_text
-
-    chars = _spelling_chars(_token_list(tokens), delimiter)
+    chars = _spelling_chars(token_list(tokens), delimiter)
     letters = "".join(re.escape(c) for c in sorted(chars) if c != " ")
     out = []
     for sentence in sentences:
@@ -135,98 +138,98 @@ def read_lexicon(path) -> dict[str, list[list[str]]]:
 
 
 # =========================================================================================================
-# ARPA estimation
+# LM folders
 # =========================================================================================================
 
 
-def _discount(counts: Mapping) -> float:
-    """Absolute discount D = n1 / (n1 + 2 n2) of one order's counts (0.5 when undefined on tiny data)."""
-    hist = Counter(c for c in counts.values())
-    n1, n2 = hist.get(1, 0), hist.get(2, 0)
-    d = n1 / (n1 + 2 * n2) if n1 and n2 else 0.5
-    return min(max(d, 0.1), 0.9)
+def build_lm(
+    text,
+    output_dir,
+    *,
+    order: int = 3,
+    tool: str = "auto",
+    split: str = "train",
+    text_column: str | None = None,
+    tokens=None,
+    irstlm_smoothing: str = "witten-bell",
+    decoding: Mapping | None = None,
+) -> dict:
+    """Build `output_dir/{lm.arpa, lexicon.txt, lm_config.json}` from training text; returns the config.
 
-
-def write_kneser_ney_arpa(sentences: Sequence[Sequence[str]], order: int, path) -> dict:
-    """Estimate an interpolated Kneser-Ney n-gram (one absolute discount per order) and write it as ARPA.
-
-    Sentences are padded with one `<s>` and `</s>`; lower orders use continuation counts (n-grams starting
-    with `<s>` keep raw counts), the unigram distribution is interpolated with a uniform one over the
-    vocabulary plus `<unk>`. Each seen n-gram stores its interpolated probability and each context the
-    backoff weight D * N1+(h .) / c(h), so the ARPA backoff model is the interpolated model exactly: every
-    context's distribution sums to 1. Returns {order: number of n-grams}."""
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
+    `text`: a corpus folder, metadata file or text file (see `read_transcriptions`), or a list of sentences.
+    `tool`: "auto" (lmplz, else IRSTLM, else Python), "kenlm", "irstlm" or "python". `tokens`: the CTC
+    vocabulary (a tokenizer, {token: id} or a list by id; default: the hf_dynasr character vocabulary): words
+    are normalised to its characters and it is stored for decoding. `decoding`: overrides of the default
+    beam search weights stored in lm_config.json."""
+    tool = choose_tool(tool)
+    unknown_decoding = set(decoding or {}) - set(DEFAULT_DECODING)
+    if unknown_decoding:
+        raise ValueError(f"unknown decoding option(s) {sorted(unknown_decoding)}; known: {sorted(DEFAULT_DECODING)}")
+    vocabulary = token_list(tokens)
+    delimiter = "|"
+    if delimiter not in vocabulary:
+        raise ValueError(f"the vocabulary has no word delimiter {delimiter!r}")
+    source = None
+    if isinstance(text, (str, os.PathLike)):
+        source = os.path.basename(os.path.normpath(os.fspath(text)))
+        text = read_transcriptions(text, split=split, text_column=text_column)
+    sentences = normalize_sentences(text, vocabulary, delimiter)
     if not sentences:
         raise ValueError("no training sentences: the text is empty after normalisation")
-    raw: list[Counter] = [Counter() for _ in range(order + 1)]
-    for words in sentences:
-        toks = ("<s>", *words, "</s>")
-        for k in range(1, order + 1):
-            for i in range(len(toks) - k + 1):
-                raw[k][toks[i:i + k]] += 1
-    adjusted: list[dict] = [{} for _ in range(order + 1)]
-    adjusted[order] = dict(raw[order])
-    for k in range(order - 1, 0, -1):  # continuation counts: distinct left neighbours in order k + 1
-        left = Counter(g[1:] for g in raw[k + 1])
-        adjusted[k] = {g: (c if g[0] == "<s>" else left[g]) for g, c in raw[k].items()}
-    adjusted[1].pop(("<s>",), None)
-    vocab = sorted({g[0] for g in raw[1]} - {"<s>"} | {"<unk>"})
-    adjusted[1].setdefault(("<unk>",), 0)
+    words = Counter(w for s in sentences for w in s)
 
-    prob: list[dict] = [{} for _ in range(order + 1)]
-    backoff: list[dict] = [{} for _ in range(order + 1)]
-    d1 = _discount({g: c for g, c in adjusted[1].items() if c})
-    total1 = sum(adjusted[1].values())
-    types1 = sum(1 for c in adjusted[1].values() if c)
-    for w in vocab:
-        prob[1][(w,)] = max(adjusted[1].get((w,), 0) - d1, 0) / total1 + d1 * types1 / total1 / len(vocab)
-    for k in range(2, order + 1):
-        d = _discount(adjusted[k])
-        totals, types = Counter(), Counter()
-        for g, c in adjusted[k].items():
-            totals[g[:-1]] += c
-            types[g[:-1]] += 1
-        for g, c in adjusted[k].items():
-            h = g[:-1]
-            gamma = d * types[h] / totals[h]
-            prob[k][g] = max(c - d, 0) / totals[h] + gamma * prob[k - 1][g[1:]]
-        for h in totals:
-            backoff[k - 1][h] = d * types[h] / totals[h]
-
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    counts = {1: len(vocab) + 1, **{k: len(prob[k]) for k in range(2, order + 1)}}
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\\data\\\n")
-        for k in range(1, order + 1):
-            f.write(f"ngram {k}={counts[k]}\n")
-        for k in range(1, order + 1):
-            f.write(f"\n\\{k}-grams:\n")
-            entries = sorted(prob[k].items())
-            if k == 1:
-                entries = sorted([(("<s>",), None), *entries])
-            for g, p in entries:
-                logp = -99.0 if p is None else math.log10(p)
-                line = f"{logp:.6f}\t{' '.join(g)}"
-                if k < order and g != ("</s>",):
-                    bo = backoff[k].get(g)
-                    line += f"\t{math.log10(bo):.6f}" if bo else "\t0"
-                f.write(line + "\n")
-        f.write("\n\\end\\\n")
-    os.replace(tmp, path)
-    return counts
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    smoothing = estimate_arpa(sentences, order, output_dir / LM_FILE, tool, irstlm_smoothing)
+    counts = arpa_ngram_counts(output_dir / LM_FILE)
+    n_lex = write_lexicon(words, output_dir / LEXICON_FILE, delimiter)
+    config = {
+        "order": order, "tool": tool, "smoothing": smoothing, "arpa": LM_FILE, "lexicon": LEXICON_FILE,
+        "vocabulary_size": len(words), "lexicon_size": n_lex, "ngram_counts": {str(k): v for k, v in counts.items()},
+        "num_sentences": len(sentences), "num_words": sum(words.values()), "source": source,
+        "split": split if source else None, "build_seconds": round(time.perf_counter() - start, 3),
+        "tokens": vocabulary, "blank_token": vocabulary[0], "word_delimiter": delimiter,
+        "decoding": {**DEFAULT_DECODING, **(decoding or {})},
+    }
+    write_json(output_dir / CONFIG_FILE, config)
+    return config
 
 
-def arpa_ngram_counts(path) -> dict[int, int]:
-    """{order: count} from an ARPA file's \\data\\ header."""
-    counts = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.match(r"\s*ngram\s+(\d+)\s*=\s*(\d+)", line)
-            if m:
-                counts[int(m.group(1))] = int(m.group(2))
-            elif line.startswith("\\1-grams"):
-                break
-    if not counts:
-        raise ValueError(f"{path} is not an ARPA file (no \\data\\ header)")
-    return counts
+def read_lm_config(lm_dir) -> dict:
+    """The `lm_config.json` of an LM folder, after checking that its ARPA and lexicon files exist."""
+    lm_dir = Path(lm_dir)
+    path = lm_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{lm_dir} is not an LM folder (no {CONFIG_FILE}); build one with "
+                                "scripts/build_lm.py --text CORPUS --output_dir DIR")
+    config = read_json(path)
+    for key, default in (("arpa", LM_FILE), ("lexicon", LEXICON_FILE)):
+        if not (lm_dir / config.get(key, default)).is_file():
+            raise FileNotFoundError(f"{lm_dir / config.get(key, default)} is missing ({key} of {path})")
+    return config
+
+
+def copy_lm_dir(lm_dir, destination) -> Path:
+    """Copy an LM folder's lm_config.json, ARPA and lexicon (only those) to `destination`."""
+    config = read_lm_config(lm_dir)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, config.get("arpa", LM_FILE), config.get("lexicon", LEXICON_FILE)):
+        shutil.copy2(Path(lm_dir) / name, destination / name)
+    return destination
+
+
+def lm_summary(lm_dir) -> dict | None:
+    """What a model card says about a shipped LM folder (None if `lm_dir` holds none)."""
+    if lm_dir is None or not (Path(lm_dir) / CONFIG_FILE).is_file():
+        return None
+    config = read_lm_config(lm_dir)
+    decoding = {**DEFAULT_DECODING, **config.get("decoding", {})}
+    tool = {"python": "hf_dynasr's pure-Python estimator", "irstlm": "IRSTLM", "kenlm": "KenLM lmplz"}.get(
+        config.get("tool"), config.get("tool"))
+    return {"folder": LM_SUBDIR, "order": config.get("order"), "tool": tool,
+            "smoothing": config.get("smoothing"), "vocabulary_size": config.get("vocabulary_size"),
+            "num_sentences": config.get("num_sentences"), "source": config.get("source"),
+            "lm_weight": decoding["lm_weight"], "word_score": decoding["word_score"],
+            "beam_size": decoding["beam_size"]}
