@@ -1,4 +1,4 @@
-"""Audio decoding for hf_dynasr.data.loading: any source to mono float32 at a target rate, band-limited resampling.
+"""Audio decoding for hf_dynasr.data: any source to mono float32 at a target rate, band-limited resampling.
 
 ``load_audio`` reads a path, encoded bytes, a ``{"path", "bytes"}`` or ``{"array", "sampling_rate"}`` dict
 or a ``datasets`` decoded audio object (soundfile first, torchcodec as a fallback for other containers),
