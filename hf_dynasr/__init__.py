@@ -8,9 +8,15 @@ Importing the package registers `DynaSRConfig` with `AutoConfig` and `DynaSRForC
 from transformers import AutoConfig, AutoModelForCTC
 
 from hf_dynasr.evaluation.budget import pick_subnet
-from hf_dynasr.models.dynasr.components_dynasr import Component, ComponentIndex
-from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
-from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC, DynaSRModel, DynaSRPreTrainedModel
+from hf_dynasr.models.dynasr import (
+    FULL,
+    Component,
+    ComponentIndex,
+    DynaSRConfig,
+    DynaSRForCTC,
+    DynaSRModel,
+    DynaSRPreTrainedModel,
+)
 from hf_dynasr.data.processing import build_feature_extractor, build_processor, build_tokenizer
 
 AutoConfig.register("dynasr", DynaSRConfig, exist_ok=True)
@@ -18,6 +24,7 @@ AutoModelForCTC.register(DynaSRConfig, DynaSRForCTC, exist_ok=True)
 
 __version__ = "0.1.0"
 __all__ = [
+    "FULL",
     "Component",
     "ComponentIndex",
     "DynaSRConfig",

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hf_dynasr import ComponentIndex, DynaSRConfig, DynaSRForCTC
 from hf_dynasr.models.dynasr.components_dynasr import component_params
 from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
-from hf_dynasr.dmao.grow_and_drop import DMAO, DMAOConfig, architecture_table, unit_config
+from hf_dynasr.dmao import DMAO, DMAOConfig, architecture_table, unit_config
 
 TOTAL = 100
 

@@ -10,8 +10,7 @@ from transformers import AutoModelForCTC
 
 from hf_dynasr import DynaSRConfig, DynaSRForCTC
 from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex, component_params
-from hf_dynasr.models.dynasr.costs_dynasr import measure_flops
-from hf_dynasr.dmao.grow_and_drop import DMAO, DMAOConfig, architecture_table, unit_config
+from hf_dynasr.dmao import DMAO, DMAOConfig, architecture_table, unit_config
 
 TOL = 1e-4
 EBF = dict(block_type="ebranchformer")
@@ -132,7 +131,7 @@ def test_component_costs_add_up_and_match_measurements():
         for module in (layer.ffn1, layer.mhsa, layer.cgmlp, layer.ffn2):
             rest += sum(p.numel() for p in module.layer_norm.parameters()) + cfg.hidden_size
     assert costs.rest_params == rest
-    assert costs.total_flops == measure_flops(cfg)
+    assert costs.total_flops == DynaSRForCTC.measure_flops(cfg)
     cgmlp = [c for c in model.component_index if c.module == "cgmlp"]
     assert {c.kind for c in cgmlp} == {"cgmlp_chunk"} and len(cgmlp) == 4 * cfg.num_hidden_layers
     unit_params = sum(p.numel() for p in model.dynasr.layers[0].cgmlp.parameters()) - 3 * cfg.hidden_size

@@ -19,17 +19,17 @@ class _ReadSpy:
     """Wraps the lazy loader's one file-read function to record every tensor read and the bytes it read."""
 
     def __init__(self, monkeypatch):
-        import hf_dynasr.models.dynasr.loading_dynasr as lazy
+        import hf_dynasr.models.dynasr.safetensors_dynasr as reader
 
         self.keys, self.bytes = [], 0
-        real = lazy._pread_into
+        real = reader.pread_into
 
         def spy(fd, view, offset, path, key):
             self.bytes += len(view)
             self.keys.append(key)
             return real(fd, view, offset, path, key)
 
-        monkeypatch.setattr(lazy, "_pread_into", spy)
+        monkeypatch.setattr(reader, "pread_into", spy)
 
 
 def test_lazy_load_reads_only_what_the_size_needs(supernet, monkeypatch):
@@ -67,7 +67,7 @@ def test_lazy_load_sharded_checkpoint(supernet, tmp_path):
 
 def test_lazy_load_errors(supernet, tmp_path):
     from hf_dynasr import DynaSRForCTC
-    from hf_dynasr.models.dynasr.loading_dynasr import CheckpointFormatError, runs
+    from hf_dynasr.models.dynasr.safetensors_dynasr import CheckpointFormatError, runs
 
     path, model = supernet
     assert runs([0, 1, 2, 7, 8, 3]) == [(0, 3), (7, 9), (3, 4)]

@@ -8,8 +8,7 @@ from conftest import make_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCTC
 
-from hf_dynasr import DynaSRConfig, DynaSRForCTC
-from hf_dynasr.models.dynasr.costs_dynasr import measure_flops
+from hf_dynasr import FULL, DynaSRConfig, DynaSRForCTC
 
 TOL = 1e-4
 
@@ -154,21 +153,18 @@ def test_inputs_embeds_runs_the_encoder_on_a_given_frontend_output(features):
 
 
 def test_supernet_loss_runs_the_frontend_once_with_the_same_gradients(features):
-    from types import SimpleNamespace
-
-    from hf_dynasr.trainer.supernet_step import NetRun
-    from hf_dynasr.trainer.steps import supernet_loss
+    from hf_dynasr.selection import SelectionConfig
+    from hf_dynasr.trainer.supernet_step import NetRun, supernet_loss
 
     model = make_model().train()
     for name, ids in _nested_sizes(model).items():
         model.add_subnet(name, components=ids)
     x, mask = features
     batch = {"input_features": x, "attention_mask": mask, "labels": torch.tensor([[5, 6, 7, -100], [8, 9, 10, 11]])}
-    args = SimpleNamespace(selection={"loss_weight": "paper1"}, seed=0)
     calls = []
     model.dynasr.frontend.register_forward_hook(lambda *_: calls.append(1))
-    loss, _ = supernet_loss(model, model, batch, [NetRun(None), NetRun("small"), NetRun("mid")], args, None, 0,
-                            ["small", "mid"])
+    loss, _ = supernet_loss(model, model, batch, [NetRun(FULL), NetRun("small"), NetRun("mid")], 0,
+                            sizes=["small", "mid"], selection=SelectionConfig(loss_weight="paper1"), seed=0)
     loss.backward()
     shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert len(calls) == 1
@@ -227,7 +223,7 @@ def test_component_costs_add_up_and_match_measurements():
             shared += sum(p.numel() for p in module.layer_norm.parameters()) + cfg.hidden_size
     head = sum(p.numel() for p in model.lm_head.parameters())
     assert costs.rest_params == frontend + block_norms + shared + head
-    assert costs.total_flops == measure_flops(cfg)
+    assert costs.total_flops == DynaSRForCTC.measure_flops(cfg)
     # a component's FLOPs equal the measured drop when that component alone is removed
     index = model.component_index
     for cid in (0, 8, len(index) - 1):

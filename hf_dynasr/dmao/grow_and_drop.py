@@ -1,4 +1,5 @@
-"""DMAO grow-and-drop (methods.md A.4, paper 3): move encoder capacity to where it is used, in training.
+"""DMAO grow-and-drop (paper 3, Xu et al., Interspeech 2025, arXiv:2506.13180): move encoder capacity to where
+it is used, in training. This file holds the scores, the drop/grow plan and the events.
 
 Units are DMAO's components: FFN chunks, attention heads, conv channel chunks and (E-Branchformer) cgMLP
 chunks, i.e. the component index of the model's config at `granularity="component"`,
@@ -16,14 +17,14 @@ Training loop contract (the training script wires it):
             dmao.reduce_scores(accelerator)   # identical decision on every rank
             report = dmao.reshape(model, optimizer, step=step)
 
-Follows A.4: the units; the utilisation score (first-order Taylor `|grad * weight|`, mean over one
+Follows paper 3: the units; the utilisation score (first-order Taylor `|grad * weight|`, mean over one
 representative slice per unit; `grad` and `weight` magnitudes as the ablation's alternatives); the EMA
 `s <- beta*s + (1-beta)*s_new` with beta = 0.1; drop the lowest-scored units until the removed cost reaches
 rho*B (B = encoder budget, cost = parameters), then duplicate the highest-scored surviving units in their
 own module until the added cost is >= rho*B and >= the removed cost; exact copies plus optional Gaussian
 noise; a module left with 0 units is skipped; one event at 15% of training (LBS: sub-epoch 90 of 600).
 
-Departs from A.4 (each on purpose):
+Departs from paper 3 (each on purpose):
 - Scores use the gradients the training step already computed (after backward, before the optimizer
   step) instead of an extra backward pass; the first measurement of a unit initialises its score.
 - The removed cost also counts the shared parameters (pre-LayerNorm, output bias) of a module that loses
@@ -35,7 +36,8 @@ Departs from A.4 (each on purpose):
 - `rho` applies per event (the paper's multi-event ablation splits one fraction evenly: pass rho / n).
 - `unit_kinds` restricts which units move; B is then the cost of those units only.
 - cgMLP units (E-Branchformer) are scored on their value rows of the first linear layer (the paper does not
-  say which slice; this mirrors the conv chunk's value rows of pointwise-conv1).
+  say which slice; this mirrors the conv chunk's value rows of pointwise-conv1). Each module class names
+  its unit's slice (`importance_slice`) and its unit kind (`dmao_kind`).
 - Not implemented: the paper's "adjust_dropout" (dropout scaled by module size), OBD scores, random init
   of grown units.
 
@@ -45,7 +47,8 @@ Multi-process (DDP): gradients are already averaged when `observe` reads them, a
 averages the scores anyway. Parameters are replaced by new tensors, so a DDP wrapper must be rebuilt after
 `reshape` (its buckets refer to the old parameters); `reshape` unwraps `.module` / `._orig_mod` itself.
 
-The module surgery and optimizer-state transfer of a reshape are in `hf_dynasr.dmao.reshape` (re-exported here).
+The options are `hf_dynasr.dmao.config.DMAOConfig`; the module surgery and optimizer-state transfer of a
+reshape are in `hf_dynasr.dmao.reshape`; the architecture table and plots in `hf_dynasr.dmao.report`.
 """
 
 from __future__ import annotations
@@ -53,90 +56,22 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from hf_dynasr.models.dynasr.components_dynasr import MODULE_NAMES, Component, ComponentIndex, component_params, module_shared_params
-from hf_dynasr.dmao.reshape import rebuild_module, refresh_component_index, remap_subnets, transfer_optimizer_state
+from hf_dynasr.dmao.config import DMAOConfig
+from hf_dynasr.dmao.report import architecture_table
+from hf_dynasr.dmao.reshape import rebuild_module, remap_subnets, transfer_optimizer_state
+from hf_dynasr.models.dynasr.components_dynasr import MODULE_NAMES, Component, ComponentIndex, component_params
+from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
 
 logger = logging.getLogger(__name__)
 
-SCORES = ("taylor", "grad", "weight")
-INITS = ("copy", "function_preserving")
-UNIT_KINDS = ("ffn", "mhsa", "conv", "cgmlp")  # a kind the block type lacks simply has no units
-_KIND = {"ffn1": "ffn", "ffn2": "ffn", "mhsa": "mhsa", "conv": "conv", "cgmlp": "cgmlp"}
 
-
-# --- configuration -----------------------------------------------------------------------------------------
-@dataclass
-class DMAOConfig:
-    """Hyper-parameters of DMAO (methods.md A.4).
-
-    events: reallocation points as fractions of the total training steps, each in (0, 1).
-    rho: replaced fraction of the budget per event, in (0, 1).
-    beta: EMA weight of the old score: `s <- beta*s + (1-beta)*s_new` (paper 0.1).
-    score: "taylor" (|grad * weight|, paper default), "grad" (|grad|) or "weight" (|weight|).
-    update_every: steps between score updates (paper 1000).
-    init: growth init, "copy" (paper) or "function_preserving".
-    noise_std: std of Gaussian noise added to grown copies (paper default 0).
-    unit_kinds: kinds of units that may be dropped or grown, from ("ffn", "mhsa", "conv", "cgmlp").
-    seed: seed of the growth noise (same on every rank, so all ranks build the same weights).
-    """
-
-    events: list[float] = field(default_factory=lambda: [0.15])
-    rho: float = 0.15
-    beta: float = 0.1
-    score: str = "taylor"
-    update_every: int = 10
-    init: str = "copy"
-    noise_std: float = 0.0
-    unit_kinds: tuple = UNIT_KINDS
-    seed: int = 0
-
-    def __post_init__(self):
-        self.events = sorted(float(e) for e in self.events)
-        self.unit_kinds = tuple(self.unit_kinds)
-        if not 0.0 < float(self.rho) < 1.0:
-            raise ValueError(f"rho must be in (0, 1) (the replaced fraction of the budget); got {self.rho!r}")
-        if not self.events:
-            raise ValueError("events is empty; give at least one fraction of training in (0, 1), e.g. [0.15]")
-        bad = [e for e in self.events if not 0.0 < e < 1.0]
-        if bad:
-            raise ValueError(f"events must be fractions of training in (0, 1); got {bad}")
-        if not 0.0 <= float(self.beta) <= 1.0:
-            raise ValueError(f"beta must be in [0, 1]; got {self.beta!r}")
-        _choice("score", self.score, SCORES)
-        _choice("init", self.init, INITS)
-        for kind in self.unit_kinds:
-            _choice("unit_kinds entry", kind, UNIT_KINDS)
-        if not self.unit_kinds:
-            raise ValueError(f"unit_kinds is empty; choose from {', '.join(UNIT_KINDS)}")
-        if not isinstance(self.update_every, int) or self.update_every < 1:
-            raise ValueError(f"update_every must be a positive integer; got {self.update_every!r}")
-        if float(self.noise_std) < 0:
-            raise ValueError(f"noise_std must be >= 0; got {self.noise_std!r}")
-
-    def event_steps(self, total_steps: int) -> list[int]:
-        """Steps of the events; each must fall strictly inside training and they must differ."""
-        if not isinstance(total_steps, int) or total_steps < 2:
-            raise ValueError(f"total_steps must be an integer >= 2; got {total_steps!r}")
-        steps = [int(e * total_steps) for e in self.events]
-        late = [(e, s) for e, s in zip(self.events, steps) if not 1 <= s < total_steps]
-        if late:
-            raise ValueError(
-                f"events {[e for e, _ in late]} fall at steps {[s for _, s in late]}, outside training "
-                f"(steps 1..{total_steps - 1} of total_steps={total_steps})"
-            )
-        if len(set(steps)) != len(steps):
-            raise ValueError(f"events {self.events} collapse onto the same steps {steps}; space them further apart")
-        return steps
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
+def _kind(comp: Component) -> str:
+    """DMAO unit kind of a component ("ffn", "mhsa", "conv", "cgmlp")."""
+    return MODULE_CLASSES[comp.module].dmao_kind
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -162,38 +97,9 @@ def _spec_copy(spec) -> list[dict]:
     return [dict(block) for block in spec]
 
 
-def _representative(module: nn.Module, name: str):
-    """(parameter, view) whose rows, grouped per unit, are the unit's representative slice (A.4)."""
-    if name == "mhsa":  # a head's columns of the output projection
-        return module.out_proj.weight, lambda t: t.t()
-    if name == "conv":  # a chunk's value rows of the first pointwise conv (GLU gate rows excluded)
-        channels = module.depthwise.out_channels
-        return module.pointwise_in.weight, lambda t: t[:channels]
-    if name == "cgmlp":  # a chunk's value rows of the first linear layer (gate rows excluded), as for conv
-        units = module.depthwise.out_channels
-        return module.linear_in.weight, lambda t: t[:units]
-    return module.linear_in.weight, lambda t: t  # an FFN chunk's rows of the first linear layer
-
-
-def architecture_table(spec, config=None) -> str:
-    """Module sizes per block, one row per module (for logs and records). With `config`, sizes are given in
-    DMAO units (FFN chunks, heads, conv / cgMLP chunks); without, in hidden units / heads / channels."""
-    step = {m: 1 for m in MODULE_NAMES}
-    if config is not None:
-        step.update(ffn1=config.ffn_chunk_size, ffn2=config.ffn_chunk_size, conv=config.conv_chunk_size,
-                    cgmlp=config.cgmlp_chunk_size)
-    header = ["module"] + [f"b{b}" for b in range(len(spec))] + ["total"]
-    rows = [header]
-    for module in (m for m in MODULE_NAMES if spec and m in spec[0]):  # the spec's block type
-        values = [block[module] // step[module] for block in spec]
-        rows.append([module] + [str(v) for v in values] + [str(sum(values))])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
-
-
 # --- the training component -----------------------------------------------------------------------------------------
 class DMAO:
-    """Utilisation scores per unit and grow-and-drop reallocation events (methods.md A.4)."""
+    """Utilisation scores per unit and grow-and-drop reallocation events (paper 3)."""
 
     def __init__(self, model: nn.Module, cfg: DMAOConfig, total_steps: int):
         self.cfg = cfg
@@ -202,8 +108,8 @@ class DMAO:
         self.events_done = 0
         self.num_updates = 0
         self._track(_unwrap(model).config)
-        if not any(_KIND[c.module] in cfg.unit_kinds for c in self.index):
-            present = sorted({_KIND[c.module] for c in self.index})
+        if not any(_kind(c) in cfg.unit_kinds for c in self.index):
+            present = sorted({_kind(c) for c in self.index})
             raise ValueError(f"unit_kinds={list(cfg.unit_kinds)} selects no unit of this model; it has {present}")
         self._scores = torch.zeros(len(self.index))
         self._seen = torch.zeros(len(self.index), dtype=torch.bool)
@@ -238,11 +144,13 @@ class DMAO:
             for name in MODULE_NAMES:
                 comps = self.index.by_module.get((b, name), [])
                 if comps:
-                    values.append(self._module_values(getattr(layer, name), name, len(comps)))
+                    values.append(self._module_values(getattr(layer, name), len(comps)))
         return torch.cat(values) if values else torch.zeros(0)
 
-    def _module_values(self, module: nn.Module, name: str, num_units: int) -> torch.Tensor:
-        param, view = _representative(module, name)
+    def _module_values(self, module: nn.Module, num_units: int) -> torch.Tensor:
+        """Utilisation of each unit of a module: the mean over its representative slice (the module class's
+        `importance_slice`) of |grad * weight|, |grad| or |weight|."""
+        param, view = module.importance_slice()
         weight = view(param.detach())
         if self.cfg.score == "weight":
             value = weight.abs()
@@ -277,7 +185,7 @@ class DMAO:
         return self.events_done < len(self.event_steps) and step >= self.event_steps[self.events_done]
 
     def reshape(self, model: nn.Module, optimizer=None, step: int | None = None) -> dict:
-        """Drop the lowest-scored units and duplicate the highest-scored ones (methods.md A.4).
+        """Drop the lowest-scored units and duplicate the highest-scored ones (paper 3).
 
         Call at a step boundary (after optimizer.step() and zero_grad()). Rebuilds changed modules as new
         module objects (None when a module loses all units), updates `model.config.architecture_spec`, the
@@ -307,7 +215,7 @@ class DMAO:
     def _plan(self) -> dict:
         """Which units to drop and which to duplicate (unit ids of the current index, in order)."""
         costs = [component_params(self._unit_cfg, c) for c in self.index]
-        movable = [c.id for c in self.index if _KIND[c.module] in self.cfg.unit_kinds]
+        movable = [c.id for c in self.index if _kind(c) in self.cfg.unit_kinds]
         budget = sum(costs[i] for i in movable)
         target = self.cfg.rho * budget
         dropped, removed = self._drop(movable, costs, target)
@@ -332,7 +240,7 @@ class DMAO:
             removed += costs[i]
             left[(comp.block, comp.module)] -= 1
             if left[(comp.block, comp.module)] == 0:  # the module vanishes with its shared parameters
-                removed += module_shared_params(self._unit_cfg, comp.module)
+                removed += MODULE_CLASSES[comp.module].shared_params(self._unit_cfg)
         return dropped, removed
 
     def _sources(self, dropped, grown) -> dict[tuple[int, str], list[Component]]:
@@ -371,10 +279,10 @@ class DMAO:
         model.config.architecture_spec = new_spec
         if model.dynasr.config is not model.config:
             model.dynasr.config.architecture_spec = _spec_copy(new_spec)
-        model.config._validate_spec()  # also normalises the spec's blocks to components.BlockSpec
+        model.config.check_spec()  # also normalises the spec's blocks to components_dynasr.BlockSpec
         if model.dynasr.config is not model.config:
-            model.dynasr.config._validate_spec()
-        refresh_component_index(model)
+            model.dynasr.config.check_spec()
+        model.refresh_component_index()
         self._track(model.config)
         origin = {}  # new unit (block, module, unit start) -> old unit
         for (b, m), comps in sources.items():
@@ -432,5 +340,4 @@ class DMAO:
         self.events_done = int(state["events_done"])
 
 
-__all__ = ["DMAO", "DMAOConfig", "architecture_table", "rebuild_module", "transfer_optimizer_state",
-           "refresh_component_index", "remap_subnets", "unit_config"]
+__all__ = ["DMAO", "DMAOConfig", "unit_config"]

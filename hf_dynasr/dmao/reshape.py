@@ -1,4 +1,5 @@
-"""Module surgery and bookkeeping of a DMAO reshape (hf_dynasr.dmao.grow_and_drop): rebuilt modules, optimizer state.
+"""Module surgery and bookkeeping of a DMAO reshape (`hf_dynasr.dmao.grow_and_drop`): rebuilt modules, optimizer
+state.
 
 `rebuild_module` builds a module holding chosen units of an old one (kept units, then copies, with the
 "copy" or "function_preserving" init and optional growth noise); `transfer_optimizer_state` swaps the new
@@ -119,10 +120,9 @@ def _slice_state(value, param, sl):
 
 
 def refresh_component_index(model) -> None:
-    """Rebuild what SubnetMixin derives from the spec: the component index, route and cost caches."""
-    model._index = ComponentIndex(model.config)
-    model._route_cache = {}
-    model._costs = None
+    """Rebuild what the model derives from its spec (component index, route and cost caches); the same as
+    `model.refresh_component_index()`, kept as part of the `hf_dynasr.dmao` API."""
+    model.refresh_component_index()
 
 
 def remap_subnets(model, old_index: ComponentIndex, new_units: ComponentIndex, origin: dict) -> None:

@@ -1,12 +1,12 @@
-"""The component index: the one abstraction the three selection methods share (architecture.md).
+"""The component index: the one abstraction the three selection methods share.
 
 A component is a prunable piece of one module of one block: a chunk of FFN hidden units, one attention
 head, a chunk of conv channels, a chunk of cgMLP units (E-Branchformer), or a whole module (module-wise
 granularity, paper 1). Soft gates over components scale their outputs (training); a binary mask over
 components removes them (inference, extraction). Ids are positions in the index, which is fully
 determined by the config's `block_type`, `architecture_spec`, `granularity`, `conv_granularity` and chunk sizes.
-
-This file is imported by the config, so it must not import torch-heavy modelling code.
+What a component of each module type is (its units, its name, its cost) is asked of the module class
+(`modules_dynasr.MODULE_CLASSES`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .modules_dynasr import MODULE_CLASSES
+
 #: Prunable modules of each block type, in component-index order; a block's spec has exactly these keys.
-#: Conformer: FFN1, MHSA, Conv, FFN2 (i6 ConformerBlockV1 order, methods.md A.2). E-Branchformer: FFN1, the
+#: Conformer: FFN1, MHSA, Conv, FFN2 (the i6 ConformerBlockV1 order). E-Branchformer: FFN1, the
 #: two parallel branches MHSA (global) and cgMLP (local), FFN2 (its branch merge is not prunable: "rest").
 BLOCK_MODULES = {
     "conformer": ("ffn1", "mhsa", "conv", "ffn2"),
@@ -23,8 +25,8 @@ BLOCK_MODULES = {
 }
 #: Every module name of every block type, ordered so that each block type's order is a subsequence. Generic
 #: code may loop over it: a `BlockSpec` reads 0 (absent) for the modules its block type does not have.
-MODULE_NAMES = ("ffn1", "mhsa", "conv", "cgmlp", "ffn2")
-#: Residual scale of the modules a Conformer block adds one by one (macaron FFNs at 0.5).
+MODULE_NAMES = tuple(MODULE_CLASSES)
+#: Residual scale of the modules a block adds one by one (macaron FFNs at 0.5).
 RESIDUAL_SCALE = {"ffn1": 0.5, "mhsa": 1.0, "conv": 1.0, "ffn2": 0.5}
 
 
@@ -49,31 +51,16 @@ class BlockSpec(dict):
 @dataclass(frozen=True)
 class Component:
     """One prunable piece. `start:stop` is its range of units inside the module: hidden units (FFN),
-    heads (MHSA) or channels (conv). `kind` is "module" when it is the whole module."""
+    heads (MHSA) or channels (conv). `kind` is "module" when it is the whole module, else the module
+    class's `component_kind` ("ffn_chunk", "head", "conv_chunk", "cgmlp_chunk")."""
 
     id: int
     name: str
     block: int
     module: str
-    kind: str  # "module" | "ffn_chunk" | "head" | "conv_chunk" | "cgmlp_chunk"
+    kind: str
     start: int
     stop: int
-
-
-def _unit_step(config, module: str) -> int:
-    """Units per component of a module at the config's granularity (0 = whole module)."""
-    if config.granularity == "module":
-        return 0
-    if module in ("ffn1", "ffn2"):
-        return config.ffn_chunk_size
-    if module == "mhsa":
-        return 1
-    if module == "cgmlp":  # chunked like the FFNs; `conv_granularity` concerns the Conformer conv only
-        return config.cgmlp_chunk_size
-    return config.conv_chunk_size if config.conv_granularity == "chunk" else 0
-
-
-_KINDS = {"ffn1": "ffn_chunk", "ffn2": "ffn_chunk", "mhsa": "head", "conv": "conv_chunk", "cgmlp": "cgmlp_chunk"}
 
 
 def _iter_components(config):
@@ -83,15 +70,15 @@ def _iter_components(config):
             size = block[module]
             if size == 0:
                 continue
-            step = _unit_step(config, module)
+            module_class = MODULE_CLASSES[module]
+            step = module_class.unit_step(config)
             if step == 0:
                 yield Component(cid, f"b{b}.{module}", b, module, "module", 0, size)
                 cid += 1
                 continue
-            kind = _KINDS[module]
             for j, start in enumerate(range(0, size, step)):
-                tag = "h" if module == "mhsa" else "c"
-                yield Component(cid, f"b{b}.{module}.{tag}{j}", b, module, kind, start, start + step)
+                name = f"b{b}.{module}.{module_class.component_tag}{j}"
+                yield Component(cid, name, b, module, module_class.component_kind, start, start + step)
                 cid += 1
 
 
@@ -129,6 +116,10 @@ class ComponentIndex(Sequence):
                 raise ValueError(f"component id {item!r} does not exist; valid ids are 0..{len(self) - 1}")
         return sorted(out)
 
+    def covers_all(self, ids: Iterable[int] | None) -> bool:
+        """Whether a mask (component ids; None = not selected yet) keeps every component: the whole network."""
+        return ids is not None and len(set(ids)) == len(self)
+
     def kept_units(self, keep_ids: Iterable[int]) -> dict[tuple[int, str], list[int]]:
         """Per (block, module): the sorted unit indices a binary mask keeps (modules not listed keep none)."""
         kept: dict[tuple[int, str], list[int]] = {}
@@ -149,30 +140,11 @@ class ComponentIndex(Sequence):
         return set(small) <= set(large)
 
 
-# --- parameter costs (exact, from the module definitions in conformer_dynasr.py) ----------------------
-# The E-Branchformer branch merge (ebranchformer_dynasr.py) has no unit: it is part of the "rest".
-
-
-def module_unit_params(config, module: str) -> int:
-    """Parameters that scale with one unit of a module (one hidden unit, head or channel)."""
-    d = config.hidden_size
-    if module in ("ffn1", "ffn2"):  # linear_in row + bias, linear_out column
-        return d + 1 + d
-    if module == "mhsa":  # q, k, v rows + biases and out_proj columns of one head
-        return config.head_dim * (3 * (d + 1) + d)
-    # conv: 2 rows of pointwise_in (GLU) + biases, depthwise kernel + bias, norm weight + bias, pointwise_out column;
-    # cgmlp: the same shapes (linear_in value + gate rows, the gate's norm and depthwise conv, linear_out column)
-    return 2 * (d + 1) + (config.conv_kernel_size + 1) + 2 + d
-
-
-def module_shared_params(config, module: str) -> int:
-    """Parameters of a module that do not belong to any unit: its pre-LayerNorm and output bias."""
-    return 2 * config.hidden_size + config.hidden_size
-
-
 def component_params(config, comp: Component) -> int:
-    units = comp.stop - comp.start
-    cost = units * module_unit_params(config, comp.module)
+    """Exact parameters of a component: its units' parameters, plus the module's shared parameters when the
+    component is the whole module. The E-Branchformer branch merge has no unit: it is part of the "rest"."""
+    module_class = MODULE_CLASSES[comp.module]
+    cost = (comp.stop - comp.start) * module_class.unit_params(config)
     if comp.kind == "module":  # the whole module goes with it
-        cost += module_shared_params(config, comp.module)
+        cost += module_class.shared_params(config)
     return cost

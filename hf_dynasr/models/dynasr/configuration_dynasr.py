@@ -12,13 +12,16 @@ import re
 from transformers import PretrainedConfig
 
 from .components_dynasr import BLOCK_MODULES, BlockSpec, count_components, module_names
+from .costs_dynasr import COST_CRITERIA
+from .modules_dynasr import MODULE_CLASSES
 
 SUBNETS_SCHEMA_VERSION = 1
 BLOCK_TYPES = tuple(BLOCK_MODULES)  # ("conformer", "ebranchformer")
 FRONTEND_TYPES = ("vgg4x", "conv2d4x")
 GRANULARITIES = ("module", "component")
 CONV_GRANULARITIES = ("module", "chunk")
-CRITERIA = ("params", "flops", "manual")
+#: criteria a named subnet may record: a cost criterion, or "manual" (components picked by hand)
+SUBNET_CRITERIA = (*COST_CRITERIA, "manual")
 _SUBNET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -66,9 +69,9 @@ class DynaSRConfig(PretrainedConfig):
             layer, `2U` (values and gates, ESPnet's `cgmlp_linear_units`; the paper's "cgMLP 3072" for d=512). Must
             be even. The nominal cgMLP size in the spec is `U = cgmlp_intermediate_size // 2` gating units.
             `None` = 1.5 x `intermediate_size`, made even (3072 for FFN 2048, 2304 for FFN 1536, as in paper 3;
-            its per-chunk cost matches methods.md A.4: 384 units x 1572 params = 603,648 vs 604,032 there).
+            its per-chunk cost, 384 units x 1572 params = 603,648, is close to the 604,032 of paper 3's d=512 model).
         cgmlp_chunk_size (`int`, *optional*): cgMLP units per component; `None` = nominal units // 4 (4 chunks per
-            block, methods.md A.4). The cgMLP's LayerNorm normalises each chunk separately, like the conv module's.
+            block, as in paper 3). The cgMLP's LayerNorm normalises each chunk separately, like the conv module's.
         subnets (`dict`, *optional*): named sizes, `name -> {"components": [ids] or None, "criterion":
             "params" | "flops" | "manual", "target": float | None, "num_parameters": int, "flops": int}`.
             Component ids index the component index of this config. Subnets of a supernet are nested.
@@ -151,18 +154,12 @@ class DynaSRConfig(PretrainedConfig):
         if self.cgmlp_chunk_size is None:
             self.cgmlp_chunk_size = max(1, self.cgmlp_intermediate_size // 2 // 4)
         if self.architecture_spec is None:
-            nominal = {
-                "ffn1": self.intermediate_size,
-                "mhsa": self.num_attention_heads,
-                "conv": self.conv_channels,
-                "cgmlp": self.cgmlp_intermediate_size // 2,
-                "ffn2": self.intermediate_size,
-            }
             names = module_names(self.block_type) if self.block_type in BLOCK_MODULES else BLOCK_MODULES["conformer"]
-            self.architecture_spec = [{m: nominal[m] for m in names} for _ in range(self.num_hidden_layers)]
+            nominal = {m: MODULE_CLASSES[m].nominal_size(self) for m in names}
+            self.architecture_spec = [dict(nominal) for _ in range(self.num_hidden_layers)]
         self.subnets = {name: dict(entry) for name, entry in (self.subnets or {}).items()}
         self.interctc_layers = list(self.interctc_layers or [])
-        self._validate()
+        self.check_consistency()
         super().__post_init__(**kwargs)
 
     # --- derived values -------------------------------------------------------------------------
@@ -184,7 +181,9 @@ class DynaSRConfig(PretrainedConfig):
         return count_components(self)
 
     # --- validation -------------------------------------------------------------------------------
-    def _validate(self) -> None:
+    def check_consistency(self) -> None:
+        """Check every field and their combinations (spec, chunk sizes, subnets); raise ValueError naming the
+        field. Runs at construction; call it again after changing fields in place."""
         _choice("block_type", self.block_type, BLOCK_TYPES)
         _choice("frontend_type", self.frontend_type, FRONTEND_TYPES)
         _choice("granularity", self.granularity, GRANULARITIES)
@@ -214,7 +213,7 @@ class DynaSRConfig(PretrainedConfig):
         if self.pad_token_id is None or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id (the CTC blank) must be in [0, {self.vocab_size}); got {self.pad_token_id}")
         self._validate_interctc()
-        self._validate_spec()
+        self.check_spec()
         self._validate_subnets()
 
     def _validate_interctc(self) -> None:
@@ -231,7 +230,7 @@ class DynaSRConfig(PretrainedConfig):
                 f"or set interctc_weight to 0"
             )
 
-    def _validate_spec(self) -> None:
+    def check_spec(self) -> None:
         """Check the spec against the block type and chunk sizes; normalises its blocks to `BlockSpec`
         (also after code such as DMAO or extraction assigns a new spec of plain dicts)."""
         spec = self.architecture_spec
@@ -241,10 +240,6 @@ class DynaSRConfig(PretrainedConfig):
                 f"architecture_spec has {len(spec)} blocks but num_hidden_layers={self.num_hidden_layers}; "
                 f"give one {{{', '.join(map(repr, names))}}} entry per block"
             )
-        multiples = {"ffn1": self.ffn_chunk_size, "ffn2": self.ffn_chunk_size, "conv": self.conv_chunk_size,
-                     "cgmlp": self.cgmlp_chunk_size, "mhsa": 1}
-        chunk_field = {"ffn1": "ffn_chunk_size", "ffn2": "ffn_chunk_size", "conv": "conv_chunk_size",
-                       "cgmlp": "cgmlp_chunk_size"}
         for b, block in enumerate(spec):
             if not isinstance(block, dict) or set(block) != set(names):
                 got = sorted(block) if isinstance(block, dict) else type(block).__name__
@@ -255,10 +250,11 @@ class DynaSRConfig(PretrainedConfig):
             for module, size in block.items():
                 if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                     raise ValueError(f"architecture_spec[{b}]['{module}'] must be an integer >= 0; got {size!r}")
-                if size % multiples[module]:
+                module_class = MODULE_CLASSES[module]
+                if size % module_class.chunk_size(self):
                     raise ValueError(
                         f"architecture_spec[{b}]['{module}']={size} is not a multiple of its chunk size "
-                        f"{multiples[module]} ({chunk_field[module]})"
+                        f"{module_class.chunk_size(self)} ({module_class.chunk_size_field})"
                     )
         self.architecture_spec = [BlockSpec(block) for block in spec]
 
@@ -275,7 +271,7 @@ class DynaSRConfig(PretrainedConfig):
             if not isinstance(entry, dict):
                 raise ValueError(f"subnets['{name}'] must be a dict; got {type(entry).__name__}")
             if entry.get("criterion") is not None:
-                _choice(f"subnets['{name}']['criterion']", entry["criterion"], CRITERIA)
+                _choice(f"subnets['{name}']['criterion']", entry["criterion"], SUBNET_CRITERIA)
             ids = entry.get("components")
             if ids is None:
                 continue

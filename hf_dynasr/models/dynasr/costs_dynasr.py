@@ -3,6 +3,9 @@
 Parameters are counted exactly on a model built on the meta device (no memory, no init). FLOPs are
 measured with `torch.utils.flop_counter` (matmuls, convolutions and attention; elementwise ops are not
 counted) on meta tensors at the config's reference duration, batch 1, eval mode.
+
+The functions take the model class (`DynaSRForCTC`, which defines `count_parameters` and `measure_flops`
+classmethods over them), so this file does not import the modelling file that uses it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .components_dynasr import ComponentIndex, component_params
 from .modules_dynasr import MODULE_CLASSES, ModuleRoute
+
+#: The costs a size target can be measured in (paper 2's parameter-aware and FLOPs-aware selection).
+COST_CRITERIA = ("params", "flops")
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class ComponentCosts:
             return self.params, self.total_params
         if criterion == "flops":
             return self.flops, self.total_flops
-        raise ValueError(f"unknown cost criterion {criterion!r}; allowed: params, flops")
+        raise ValueError(f"unknown cost criterion {criterion!r}; allowed: {', '.join(COST_CRITERIA)}")
 
 
 def single_head_config(config):
@@ -52,26 +58,27 @@ def single_head_config(config):
     return out
 
 
-def count_parameters(config) -> int:
-    """Exact parameter count of a one-head model with this config (built on the meta device)."""
-    from .modeling_dynasr import DynaSRForCTC
-
+def meta_model(model_class, config):
+    """A one-head model of `model_class` with `config`'s spec on the meta device (no memory, no init)."""
     with torch.device("meta"):
-        model = DynaSRForCTC(single_head_config(config))
-    return sum(p.numel() for p in model.parameters())
+        return model_class(single_head_config(config))
 
 
-def _reference_frames(config) -> int:
+def count_parameters(model_class, config) -> int:
+    """Exact parameter count of a one-head model of `model_class` with this config."""
+    return sum(p.numel() for p in meta_model(model_class, config).parameters())
+
+
+def reference_frames(config) -> int:
+    """Input frames of the reference duration at which FLOPs are reported."""
     return int(round(config.reference_duration_s * config.sampling_rate / config.hop_length))
 
 
-def measure_flops(config) -> int:
-    """Forward FLOPs of a one-head model at the reference duration (batch 1)."""
-    from .modeling_dynasr import DynaSRForCTC
-
+def measure_flops(model_class, config) -> int:
+    """Forward FLOPs of a one-head model of `model_class` at the reference duration (batch 1)."""
+    model = meta_model(model_class, config).eval()
     with torch.device("meta"):
-        model = DynaSRForCTC(single_head_config(config)).eval()
-        features = torch.zeros(1, _reference_frames(config), config.num_mel_bins)
+        features = torch.zeros(1, reference_frames(config), config.num_mel_bins)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(input_features=features)
     return int(counter.get_total_flops())
@@ -104,15 +111,15 @@ class _Key:
         return self.key == other.key
 
 
-def component_costs(config, index: ComponentIndex | None = None) -> ComponentCosts:
-    """Per-component parameters (exact) and FLOPs at the reference duration.
+def component_costs(model_class, config, index: ComponentIndex | None = None) -> ComponentCosts:
+    """Per-component parameters (exact) and FLOPs at the reference duration of a model of `model_class`.
 
     A module's counted FLOPs are linear in its units (matmuls, depthwise conv, attention per head), so a
     component's FLOPs are its share of units times its module's measured FLOPs. Parts that are not units
     (frontend, block LayerNorms, module LayerNorms and output biases, the E-Branchformer merge, CTC head) are
     the rest: `total - sum(per component)`."""
     index = index or ComponentIndex(config)
-    frames = _reference_frames(config) // 4
+    frames = reference_frames(config) // 4
     key = _Key(config)
     params, flops = [], []
     for comp in index:
@@ -120,4 +127,5 @@ def component_costs(config, index: ComponentIndex | None = None) -> ComponentCos
         params.append(component_params(config, comp))
         module_flops = _module_flops(comp.module, size, frames, key)
         flops.append(module_flops * (comp.stop - comp.start) // size)
-    return ComponentCosts(tuple(params), tuple(flops), count_parameters(config), measure_flops(config))
+    return ComponentCosts(tuple(params), tuple(flops), count_parameters(model_class, config),
+                          measure_flops(model_class, config))

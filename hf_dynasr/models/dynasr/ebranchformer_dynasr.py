@@ -6,15 +6,15 @@
     c = concat(g, l);  x += dropout(Linear(2d -> d)(c + depthwise_conv(c)))    (the branch merge)
     x += 0.5 FFN2(x);  x = LN(x)
 
-FFN1, MHSA, cgMLP and FFN2 are the prunable modules (`components.BLOCK_MODULES["ebranchformer"]`). They are
-the gated classes of conformer_dynasr.py (the cgMLP sits there too, in the one `MODULE_CLASSES` registry that
+FFN1, MHSA, cgMLP and FFN2 are the prunable modules (`components_dynasr.BLOCK_MODULES["ebranchformer"]`). They
+are the gated classes of modules_dynasr.py (the cgMLP sits there too, in the one `MODULE_CLASSES` registry that
 extraction, lazy loading, costs and DMAO read), so all of those treat them like the Conformer's. The merge
 is not prunable: its parameters are part of the "rest". A branch that is absent (spec size 0) or fully
 masked contributes zeros to its half of the concatenation, so a masked supernet and the extracted model
 (whose spec has 0 for that branch) compute the same thing.
 
 Departures from ESPnet's EBranchformerEncoderLayer: the pre-LayerNorms of the branches and FFNs sit inside the
-modules (as in the Conformer parts here); the cgMLP's gate LayerNorm is chunk-wise (see conformer_dynasr.py);
+modules (as in the Conformer parts here); the cgMLP's gate LayerNorm is chunk-wise (see modules_dynasr.py);
 padded frames are zeroed before each depthwise conv, so a padded batch equals each utterance alone.
 """
 

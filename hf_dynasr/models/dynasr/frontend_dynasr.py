@@ -25,7 +25,7 @@ def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # x 
 
 
 class DynaSRVGGFrontend(nn.Module):
-    """The papers' VGG4LayerActFrontendV1 (methods.md B): convs of 32, 64, 64, 32 channels (3x3, ReLU)
+    """The papers' VGG4LayerActFrontendV1 (i6_models; the frontend of papers 1-3): convs of 32, 64, 64, 32 channels (3x3, ReLU)
     with a (2, 1) max-pool over time after the first and second, then a linear layer to d."""
 
     def __init__(self, config):
@@ -58,8 +58,8 @@ class DynaSRConv2dFrontend(nn.Module):
     `L // 2` valid outputs of an utterance of `L` frames read only its own frames (or the zero pad left of
     frame 0), never the batch padding on the right. The input is cut to a multiple of 4 frames (those cut
     frames feed no valid output either), so both convs halve exactly, with floor like the VGG pools. Masking and
-    an explicit left pad (`F.pad`) cost a third of this frontend's step: their backward copies the whole
-    [B, C, T/2, F/2] activation. Padded output frames hold garbage; the encoder masks them."""
+    an explicit left pad (`F.pad`) are left out on purpose: their backward copies the whole [B, C, T/2, F/2]
+    activation, a large share of this frontend's cost. Padded output frames hold garbage; the encoder masks them."""
 
     def __init__(self, config):
         super().__init__()

@@ -5,33 +5,28 @@
 2. builds the compact model (the subnet's architecture spec, one CTC head) on the meta device,
 3. follows `subnet_slice_plan` and reads each needed tensor from `model.safetensors` (or the shards of
    `model.safetensors.index.json`) with positioned reads of the needed rows into a preallocated tensor (no
-   memory map), so peak memory follows the subnet, not the supernet.
+   memory map, see `safetensors_dynasr.py`), so peak memory follows the subnet, not the supernet.
 
 Files are resolved with `transformers.utils.cached_file`: local folders and Hub ids both work, and
 `HF_HUB_OFFLINE`, `revision`, `cache_dir`, `token`, ... are honoured. Only safetensors is read (never
-pickle). This file is copied next to remote-code checkpoints, so it imports only torch, safetensors,
-transformers and (relatively) sibling files.
+pickle). This file is copied next to remote-code checkpoints, so it imports only torch, transformers and
+(relatively) sibling files.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
-import os
-import struct
-import types
 
 import torch
 from transformers import PreTrainedConfig
-from transformers.utils.hub import cached_file, is_offline_mode
+from transformers.utils.hub import is_offline_mode
+
+from .components_dynasr import ComponentIndex
+from .safetensors_dynasr import CheckpointFormatError, SafetensorsReader
+from .subnets_dynasr import FULL, subnet_config, subnet_slice_plan
 
 logger = logging.getLogger(__name__)
-
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "pytorch_model.pt")
 
 _DOWNLOAD_KEYS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 #: kwargs of `PreTrainedModel.from_pretrained` that the lazy path handles or that do not apply to it.
@@ -43,210 +38,7 @@ _REGULAR_ONLY_KEYS = ("adapter_kwargs", "adapter_name", "quantization_config", "
                       "offload_folder", "offload_buffers", "generation_config", "ignore_mismatched_sizes",
                       "fusion_config", "kernel_config", "distributed_config", "device_mesh", "tp_plan", "tp_size")
 
-
-class CheckpointFormatError(OSError):
-    """The checkpoint has no safetensors weights, or its weights file is unreadable (truncated, corrupted)."""
-
-
-def runs(indices) -> list[tuple[int, int]]:
-    """Split indices into maximal runs of consecutive values: [0, 1, 2, 7, 8, 3] -> [(0, 3), (7, 9), (3, 4)].
-
-    Order (and repeats) are preserved, so concatenating the runs gives back `indices`."""
-    values = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
-    out: list[tuple[int, int]] = []
-    for value in values:
-        if out and value == out[-1][1]:
-            out[-1] = (out[-1][0], value + 1)
-        else:
-            out.append((value, value + 1))
-    return out
-
-
-class SafetensorsReader:
-    """Reads tensors and slices from one or more safetensors files (a sharded checkpoint) and counts them."""
-
-    def __init__(self, weight_map: dict[str, str], files: dict[str, str]):
-        self.weight_map = weight_map  # tensor name -> shard name
-        self.files = files  # shard name -> local path
-        self._handles: dict[str, object] = {}
-        self.bytes_read = 0
-        self.tensors_read: list[str] = []
-
-    @classmethod
-    def resolve(cls, path_or_repo, needed_keys=None, **download_kwargs) -> SafetensorsReader:
-        """Find `model.safetensors` or the sharded index (downloading only the shards `needed_keys` use)."""
-        path = os.fspath(path_or_repo)
-        single = cached_file(path, SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False,
-                             _raise_exceptions_for_connection_errors=False, **download_kwargs)
-        if single is not None:
-            return cls({}, {SAFE_WEIGHTS_NAME: single})
-        index_file = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False,
-                                 _raise_exceptions_for_connection_errors=False, **download_kwargs)
-        if index_file is None:
-            for name in PICKLE_WEIGHTS_NAMES:
-                found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
-                                    _raise_exceptions_for_connection_errors=False, **download_kwargs)
-                if found is not None:
-                    raise CheckpointFormatError(
-                        f"{path} holds pickled weights ({name}), not {SAFE_WEIGHTS_NAME}; hf_dynasr loads only "
-                        "safetensors (pickle can run arbitrary code). Convert it once in a trusted environment: "
-                        "load the model with torch.load/from_pretrained(..., use_safetensors=False) and call "
-                        "model.save_pretrained(dir) (which writes model.safetensors)."
-                    )
-            raise CheckpointFormatError(
-                f"no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} found in {path}"
-                + (" (offline mode: is it in the local cache?)" if is_offline_mode() else "")
-            )
-        try:
-            with open(index_file, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (OSError, ValueError, KeyError) as err:
-            raise CheckpointFormatError(f"{index_file} is not a valid safetensors index: {err}") from err
-        shards = sorted(set(weight_map.values() if needed_keys is None
-                            else (weight_map[k] for k in needed_keys if k in weight_map)))
-        files = {}
-        for shard in shards:
-            if not shard.endswith(".safetensors"):
-                raise CheckpointFormatError(f"{index_file} names a non-safetensors shard {shard!r}")
-            files[shard] = cached_file(path, shard, **download_kwargs)
-        return cls(weight_map, files)
-
-    def _file(self, key: str):
-        """(header, local path, fd) of the file holding `key`; KeyError if no file holds it."""
-        if self.weight_map:
-            if key not in self.weight_map:
-                raise KeyError(key)
-            shard = self.weight_map[key]
-        else:
-            shard = SAFE_WEIGHTS_NAME
-        path = self.files[shard]
-        if shard not in self._handles:
-            self._handles[shard] = _open_safetensors(path)
-        header, fd = self._handles[shard]
-        return header, path, fd
-
-    def shape(self, key: str) -> tuple[int, ...] | None:
-        """Stored shape of `key`, or None when the checkpoint does not hold it."""
-        try:
-            header, _, _ = self._file(key)
-        except KeyError:
-            return None
-        return tuple(header[key]["shape"]) if key in header else None
-
-    def read(self, key: str, slices) -> torch.Tensor:
-        """The tensor `key` restricted by `slices` = [(dim, indices), ...]; reads only the selected bytes.
-
-        Positioned reads (`os.preadv`) go straight into the preallocated result: whole rows for a slice on
-        dim 0, runs of columns within each kept row for a slice on dim 1. No memory map: slicing the columns
-        of a mapped tensor touches (and counts in RSS) every page of it, which made a small size's peak RSS
-        1.8x its weights. Any other slice (dims >= 2) reads the kept rows a few MB at a time and selects."""
-        header, path, fd = self._file(key)
-        if key not in header:
-            raise CheckpointFormatError(f"cannot read tensor '{key}' from {path}: not in the file")
-        meta = header[key]
-        dtype, shape = _DTYPES.get(meta["dtype"]), list(meta["shape"])
-        if dtype is None:
-            raise CheckpointFormatError(f"cannot read tensor '{key}' from {path}: unsupported dtype {meta['dtype']}")
-        if not shape:  # a scalar
-            shape, slices = [1], []
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        rest = list(slices or [])
-        rows = [int(i) for i in rest.pop(0)[1]] if rest and rest[0][0] == 0 else list(range(shape[0]))
-        cols = [int(i) for i in rest.pop(0)[1]] if len(rest) == 1 and rest[0][0] == 1 else None
-        row_bytes = math.prod(shape[1:]) * itemsize
-        col_bytes = row_bytes // shape[1] if cols is not None else 0
-        out_shape = [len(rows), *shape[1:]]
-        if cols is not None:
-            out_shape[1] = len(cols)
-        start = header["__data_start__"] + meta["data_offsets"][0]
-        if rest:  # uncommon: slices on dims >= 2
-            tensor = self._read_blocks(fd, start, rows, shape, dtype, row_bytes, path, key)
-            for dim, index in rest:
-                tensor = tensor.index_select(dim, torch.as_tensor(index, dtype=torch.long))
-        else:
-            raw = torch.empty(math.prod(out_shape) * itemsize, dtype=torch.uint8)
-            view = memoryview(raw.numpy()).cast("B")
-            pos = 0
-            if cols is None:
-                for first, stop in runs(rows):
-                    size = (stop - first) * row_bytes
-                    _pread_into(fd, view[pos:pos + size], start + first * row_bytes, path, key)
-                    pos += size
-            else:
-                col_runs = runs(cols)
-                for row in rows:
-                    for first, stop in col_runs:
-                        size = (stop - first) * col_bytes
-                        _pread_into(fd, view[pos:pos + size], start + row * row_bytes + first * col_bytes, path, key)
-                        pos += size
-            tensor = raw.view(dtype).reshape(out_shape)
-        if not meta["shape"]:
-            tensor = tensor.reshape(())
-        self.bytes_read += tensor.numel() * tensor.element_size()
-        self.tensors_read.append(key)
-        return tensor
-
-    @staticmethod
-    def _read_blocks(fd, start, rows, shape, dtype, row_bytes, path, key) -> torch.Tensor:
-        """The kept rows, read a few MB at a time (bounded extra memory)."""
-        out = torch.empty([len(rows), *shape[1:]], dtype=dtype)
-        block = max(1, (4 << 20) // max(1, row_bytes))
-        pos = 0
-        for first, stop in runs(rows):
-            for a in range(first, stop, block):
-                count = min(stop, a + block) - a
-                raw = torch.empty(count * row_bytes, dtype=torch.uint8)
-                _pread_into(fd, memoryview(raw.numpy()).cast("B"), start + a * row_bytes, path, key)
-                out[pos:pos + count] = raw.view(dtype).reshape(count, *shape[1:])
-                pos += count
-        return out
-
-    def close(self) -> None:
-        for _, fd in self._handles.values():
-            os.close(fd)
-        self._handles.clear()
-
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
-
-
-def _open_safetensors(path: str) -> tuple[dict, int]:
-    """Parse the safetensors header (8-byte little-endian length, then JSON) and check every tensor's bytes lie
-    in the file, so a truncated or corrupted file fails here with a clear error, not later with garbage."""
-    truncated = (f"cannot read {path}: the file is truncated or corrupted ({{}}). Download or save it again "
-                 "(a partial download or an interrupted save leaves such a file).")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        raw = os.pread(fd, 8, 0)
-        length = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        if not 0 < length <= size - 8:
-            raise CheckpointFormatError(truncated.format(f"header length {length} for a file of {size} bytes"))
-        header = json.loads(os.pread(fd, length, 8))
-        header.pop("__metadata__", None)
-        header["__data_start__"] = 8 + length
-        for name, meta in header.items():
-            if name != "__data_start__" and 8 + length + meta["data_offsets"][1] > size:
-                raise CheckpointFormatError(truncated.format(f"tensor '{name}' ends after the end of the file"))
-    except (ValueError, KeyError, TypeError, struct.error) as err:
-        os.close(fd)
-        raise CheckpointFormatError(truncated.format(f"unreadable header: {err}")) from err
-    except BaseException:
-        os.close(fd)
-        raise
-    return header, fd
-
-
-def _pread_into(fd: int, view: memoryview, offset: int, path: str, key: str) -> None:
-    """Fill `view` with the file's bytes at `offset` (every read of the lazy loader goes through here)."""
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got <= 0:
-            raise CheckpointFormatError(f"cannot read tensor '{key}' from {path}: the file is truncated")
-        done += got
+__all__ = ["CheckpointFormatError", "load_subnet_lazily"]
 
 
 def _resolve_dtype(dtype):
@@ -276,41 +68,38 @@ def _resolve_device(device_map):
     return torch.device(device_map)
 
 
-def load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-    """The compact model of the requested size, or `None` when the regular loader must be used.
-
-    `None` is returned when no strict subnet is requested (no `subnet`/`active_subnet`, `"full"`, or a size
-    covering every component), or for arguments the lazy path does not implement (`model_args`, a
-    multi-device `device_map`, unknown model kwargs); the caller then loads the whole checkpoint."""
-    from .components_dynasr import ComponentIndex
-    from .subnets_dynasr import FULL, subnet_slice_plan
-
-    if model_args or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
-        return None
+def _split_kwargs(kwargs: dict) -> dict | None:
+    """Sort `from_pretrained` kwargs into the lazy path's options; None when the regular loader must run."""
     kwargs = dict(kwargs)
-    config = kwargs.pop("config", None)
-    download_kwargs = {k: kwargs.pop(k) for k in _DOWNLOAD_KEYS if k in kwargs}
-    if download_kwargs.get("subfolder") is None:
-        download_kwargs.pop("subfolder", None)
+    options = {"config": kwargs.pop("config", None)}
+    download = {k: kwargs.pop(k) for k in _DOWNLOAD_KEYS if k in kwargs}
+    if download.get("subfolder") is None:
+        download.pop("subfolder", None)
     if is_offline_mode():
-        download_kwargs["local_files_only"] = True
+        download["local_files_only"] = True
     dtype = kwargs.pop("dtype", None)
     torch_dtype = kwargs.pop("torch_dtype", None)
-    dtype = _resolve_dtype(dtype if dtype is not None else torch_dtype)
-    device = _resolve_device(kwargs.pop("device_map", None))
-    output_loading_info = kwargs.pop("output_loading_info", False)
+    options["dtype"] = _resolve_dtype(dtype if dtype is not None else torch_dtype)
+    options["device"] = _resolve_device(kwargs.pop("device_map", None))
+    options["output_loading_info"] = kwargs.pop("output_loading_info", False)
     use_safetensors = kwargs.pop("use_safetensors", None)
-    attn_implementation = kwargs.pop("attn_implementation", None)
+    options["attn_implementation"] = kwargs.pop("attn_implementation", None)
     for key in _IGNORED_KEYS:
         kwargs.pop(key, None)
     regular = [key for key in _REGULAR_ONLY_KEYS if kwargs.pop(key, None) not in (None, False, {}, "default")]
-    if device is False or use_safetensors is False or regular:
+    if options["device"] is False or use_safetensors is False or regular:
         return None
+    options["download"], options["model_kwargs"] = download, kwargs
+    return options
 
+
+def _load_config(cls, path, options: dict):
+    """The supernet config with the model kwargs applied (`subnet=` sets `active_subnet`); None when some
+    kwarg is not a config field (the regular loader then handles it)."""
+    config, kwargs = options["config"], options["model_kwargs"]
     if not isinstance(config, PreTrainedConfig):
         config, unused = cls.config_class.from_pretrained(
-            config if config is not None else pretrained_model_name_or_path,
-            return_unused_kwargs=True, **download_kwargs, **kwargs,
+            config if config is not None else path, return_unused_kwargs=True, **options["download"], **kwargs,
         )
     else:
         config = copy.deepcopy(config)
@@ -323,9 +112,11 @@ def load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs
     if unused:
         logger.info("lazy subnet loading does not handle %s; loading the whole checkpoint", sorted(unused))
         return None
-    if attn_implementation is not None:
-        return None  # let the regular loader validate it
+    return config
 
+
+def _strict_subnet(config, index: ComponentIndex) -> tuple[str, list[int]] | None:
+    """(name, sorted component ids) of the requested size, or None when it is the whole network."""
     name = config.active_subnet
     if name is None or name == FULL:
         return None
@@ -335,60 +126,91 @@ def load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs
     ids = config.subnets[name].get("components")
     if ids is None:
         raise ValueError(f"subnet '{name}' has no selected components yet (selection still in training)")
-    index = ComponentIndex(config)
-    if len(set(ids)) == len(index):
+    if index.covers_all(ids):
         return None  # the size is the whole network: nothing to slice
-    ids = sorted(ids)
+    return name, sorted(ids)
+
+
+def _read_state(reader, plan, expected, target, name, source, dtype, device) -> dict:
+    """Read every tensor of the compact model along `plan`, checking stored and sliced shapes."""
+    state = {}
+    for new_key, (src, slices) in plan.items():
+        stored = reader.shape(src)
+        if stored is None:
+            raise CheckpointFormatError(
+                f"tensor '{src}' (needed by subnet '{name}') is missing from the weights of {source}"
+            )
+        if stored != expected.get(src):
+            raise ValueError(
+                f"tensor '{src}' in {source} has shape {list(stored)} but the config's architecture_spec "
+                f"expects {list(expected.get(src, ()))}: config.json and the weights disagree"
+            )
+        tensor = reader.read(src, slices)
+        if tuple(tensor.shape) != target[new_key]:  # a bug in the plan, never silently loaded
+            raise ValueError(
+                f"tensor '{new_key}' sliced from '{src}' has shape {list(tensor.shape)}, the compact model "
+                f"of '{name}' expects {list(target[new_key])}"
+            )
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[new_key] = tensor.to(device) if device.type != "cpu" else tensor
+    return state
+
+
+def _meta_shapes(model) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    """The compact model of the requested size, or `None` when the regular loader must be used.
+
+    `None` is returned when no strict subnet is requested (no `subnet`/`active_subnet`, `"full"`, or a size
+    covering every component), or for arguments the lazy path does not implement (`model_args`, a
+    multi-device `device_map`, unknown model kwargs); the caller then loads the whole checkpoint."""
+    if model_args or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
+        return None
+    options = _split_kwargs(kwargs)
+    if options is None:
+        return None
+    config = _load_config(cls, pretrained_model_name_or_path, options)
+    if config is None or options["attn_implementation"] is not None:
+        return None  # the regular loader validates attn_implementation
+    index = ComponentIndex(config)
+    requested = _strict_subnet(config, index)
+    if requested is None:
+        return None
+    name, ids = requested
 
     # shapes the supernet config promises, and the compact model, both on the meta device
     with torch.device("meta"):
         supernet = cls(copy.deepcopy(config))
-    expected = {k: tuple(v.shape) for k, v in supernet.state_dict().items()}
-    head = f"subnet_heads.{name}" if name in supernet.subnet_heads else "lm_head"
-    sub_config = cls._subnet_config(types.SimpleNamespace(config=config, _index=index), name, ids)
-    with torch.device("meta"):
-        model = cls(sub_config)
-    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model = cls(subnet_config(config, index, name, ids))
+    expected, target, head = _meta_shapes(supernet), _meta_shapes(model), supernet.head_key(name)
     del supernet
 
-    plan = subnet_slice_plan(config, index, ids, head=head)
+    plan = subnet_slice_plan(cls, config, index, ids, head=head)
     source = str(pretrained_model_name_or_path)
     reader = SafetensorsReader.resolve(pretrained_model_name_or_path, {src for src, _ in plan.values()},
-                                       **download_kwargs)
-    state = {}
+                                       **options["download"])
     try:
-        for new_key, (src, slices) in plan.items():
-            stored = reader.shape(src)
-            if stored is None:
-                raise CheckpointFormatError(
-                    f"tensor '{src}' (needed by subnet '{name}') is missing from the weights of {source}"
-                )
-            if stored != expected.get(src):
-                raise ValueError(
-                    f"tensor '{src}' in {source} has shape {list(stored)} but the config's architecture_spec "
-                    f"expects {list(expected.get(src, ()))}: config.json and the weights disagree"
-                )
-            tensor = reader.read(src, slices)
-            if tuple(tensor.shape) != target[new_key]:  # a bug in the plan, never silently loaded
-                raise ValueError(
-                    f"tensor '{new_key}' sliced from '{src}' has shape {list(tensor.shape)}, the compact model "
-                    f"of '{name}' expects {list(target[new_key])}"
-                )
-            if dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(dtype)
-            state[new_key] = tensor.to(device) if device.type != "cpu" else tensor
+        state = _read_state(reader, plan, expected, target, name, source, options["dtype"], options["device"])
     finally:
         reader.close()
+    return _finish(model, state, reader, source, options)
+
+
+def _finish(model, state: dict, reader: SafetensorsReader, source: str, options: dict):
+    """Load the read tensors into the meta model and record what was read."""
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise RuntimeError(f"lazy loading left tensors on the meta device: {leftover[:5]}")
     model.eval()
     model.config.name_or_path = source
-    if dtype is not None:
-        model.config.dtype = dtype
+    if options["dtype"] is not None:
+        model.config.dtype = options["dtype"]
     model._dynasr_lazy_load = {"tensors": list(reader.tensors_read), "bytes_read": reader.bytes_read,
                                "files": list(reader.files.values())}
-    if output_loading_info:
+    if options["output_loading_info"]:
         return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
     return model

@@ -15,13 +15,14 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
-from .components_dynasr import MODULE_NAMES, RESIDUAL_SCALE, ComponentIndex, module_names
+from .components_dynasr import MODULE_NAMES, RESIDUAL_SCALE, module_names
 from .configuration_dynasr import DynaSRConfig
-from .modules_dynasr import MODULE_CLASSES, DynaSRConvModule, DynaSRConvolutionalGatingMLP, ModuleRoute, apply_module
 from .ebranchformer_dynasr import DynaSREBranchformerBlock
 from .frontend_dynasr import FRONTENDS, frame_mask, subsampled_lengths
+from .loading_dynasr import load_subnet_lazily
+from .modules_dynasr import MODULE_CLASSES, GatedChannelModule, ModuleRoute, apply_module
 from .specaugment_dynasr import spec_augment
-from .subnets_dynasr import SubnetMixin
+from .subnets_dynasr import FULL, SubnetMixin
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class DynaSRPreTrainedModel(PreTrainedModel):
             # frontend convs feed ReLUs: He init keeps the signal, the generic N(0, 0.02) all but erases it
             # after two layers, and training then sits longer on the CTC blank plateau (measured on the demo)
             init.kaiming_normal_(module.weight, nonlinearity="relu")
-        if isinstance(module, (DynaSRConvModule, DynaSRConvolutionalGatingMLP)):  # custom parameters
+        if isinstance(module, GatedChannelModule):  # the chunk-wise norm's parameters
             init.ones_(module.norm_weight)
             init.zeros_(module.norm_bias)
 
@@ -114,7 +115,7 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         self.dropout = nn.Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.subnet_heads = nn.ModuleDict()
-        self._init_subnets()
+        self.init_subnets()
         self.post_init()
 
     def forward(
@@ -134,7 +135,7 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): 1 for real frames, 0 for padding.
         labels (`torch.LongTensor` of shape `(batch, label_length)`, *optional*): token ids, -100 = padding.
         subnet (`str`, *optional*): run this named size (its mask and its CTC head) instead of
-            `config.active_subnet`. `"full"` or `None` with no active subnet runs the whole network.
+            `config.active_subnet`. `FULL` ("full"), or `None` with no active subnet, runs the whole network.
         component_gates (`torch.Tensor` of shape `(num_components,)` or `(batch, num_components)`, *optional*):
             soft gates in [0, 1] applied on top of the size's mask (training, stage 1).
         inputs_embeds (`torch.FloatTensor` of shape `(batch, frames // 4, hidden_size)`, *optional*): instead of
@@ -148,12 +149,12 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             lengths = self._check_inputs(input_features, attention_mask)
         else:
             lengths = self._check_embeds(inputs_embeds, attention_mask)
-        name = self._resolve_subnet(subnet)
-        routes = self._routes(name, component_gates)
+        name = self.resolve_subnet(subnet)
+        routes = self.subnet_routes(name, component_gates)
         interctc = labels is not None and self.config.interctc_weight > 0
         encoder_out, out_mask = self.dynasr(input_features, lengths, routes, bool(output_hidden_states or interctc),
                                             inputs_embeds=inputs_embeds)
-        head = self._head(name)
+        head = self.subnet_head(name)
         logits = head(self.dropout(encoder_out.last_hidden_state))  # [B, T', V]
 
         loss = None
@@ -231,6 +232,24 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             raise ValueError(f"with inputs_embeds, attention_mask marks its frames: shape "
                              f"{tuple(inputs_embeds.shape[:2])} expected, got {tuple(attention_mask.shape)}")
         return attention_mask.long().sum(-1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`from_pretrained(path_or_repo, subnet="40M")` returns the compact 40M model.
+
+        Without `subnet` (and no `active_subnet` in the checkpoint) it returns the whole checkpoint.
+        A strict size is loaded lazily: only its tensors and slices are read from the safetensors
+        weights (`loading_dynasr.load_subnet_lazily`); other cases use the regular loader."""
+        # weights only from safetensors: a Hub repo's pytorch_model.bin would be unpickled, which can run code
+        kwargs.setdefault("use_safetensors", True)
+        loaded = load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        if loaded is not None:
+            return loaded
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        name = model.config.active_subnet
+        if name is not None and name != FULL and model.subnet_ids(name) is not None:
+            model = model.extract_subnet(name)
+        return model
 
 
 DynaSRConfig.register_for_auto_class()

@@ -5,15 +5,21 @@ Every prunable module takes a `ModuleRoute`:
 - `keep`: unit indices kept by a binary mask (`None` = all). The module computes with the kept rows and
   columns only (index_select on the weights), so a masked supernet does the same arithmetic as the
   extracted model and costs what that smaller model costs;
-- `unit_gate`: soft gates per kept unit, `[U]` or per sequence `[B, U]` (training, methods.md A.1-A.3);
+- `unit_gate`: soft gates per kept unit, `[U]` or per sequence `[B, U]` (training: the soft masks of the
+  selection methods of papers 1 and 2);
 - `out_gate`: a soft gate on the whole module output, `[]` or `[B]` (module-wise granularity, paper 1).
+
+Each module class also owns what is specific to its type (see `GatedModule`): its unit and component sizes,
+its parameter cost per unit, its slice plan, its DMAO importance slice and unit kind. The component index,
+the costs, the config's spec checks, DMAO and the architecture report ask the class, so a new module type
+is one class plus one entry in `MODULE_CLASSES`.
 
 Departures from the papers' gating, chosen so that gate 0 equals removal and gate 1 equals the plain model:
 - FFN chunk: the gate scales the chunk's activations after the nonlinearity (paper 2 scales W1/b1 rows and
   W2 columns, which applies the gate twice for soft values).
 - Head: the gate scales the head's output (paper 2 scales Q, K and V, which also sharpens the attention).
 - Conv: the LayerNorm after the depthwise conv normalises each chunk of `conv_chunk_size` channels on its
-  own, so a chunk can be removed without changing the others (methods.md A.4 conv chunks).
+  own, so a chunk can be removed without changing the others (paper 3's conv channel chunks).
 - cgMLP (E-Branchformer): likewise, the LayerNorm of its gating unit normalises each chunk of
   `cgmlp_chunk_size` units on its own.
 """
@@ -42,19 +48,12 @@ def _gate_units(hidden_states: torch.Tensor, gate: torch.Tensor | None) -> torch
     return hidden_states * (gate if gate.dim() == 1 else gate[:, None, :])
 
 
-def gated_slice_plan(linear_in: str, linear_out: str, units: torch.Tensor, size: int) -> dict:
-    """Slice plan of a gated channel module (conv module, cgMLP): unit u owns rows u and size + u of the
-    input projection (value and gate), its depthwise channel and norm, and column u of the output projection."""
-    both = torch.cat([units, units + size])
-    plan = {f"{linear_in}.{t}": (0, both, False) for t in ("weight", "bias")}
-    for name in ("depthwise.weight", "depthwise.bias", "norm_weight", "norm_bias"):
-        plan[name] = (0, units, False)
-    plan[f"{linear_out}.weight"] = (1, units, True)
-    return plan
-
-
 def _rows(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return weight if keep is None else weight.index_select(0, keep)
+
+
+def _columns(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return weight if keep is None else weight.index_select(1, keep)
 
 
 def apply_module(module: nn.Module | None, hidden_states, attention_mask, route: ModuleRoute):
@@ -75,15 +74,84 @@ def _chunk_layer_norm(hidden_states, chunk: int, eps: float, weight, bias) -> to
     return F.layer_norm(grouped, (chunk,), eps=eps).reshape(batch, time, channels) * weight + bias
 
 
-class DynaSRFeedForward(nn.Module):
-    """LN -> Linear(d, H) -> SiLU -> dropout -> Linear(H, d) -> dropout. Units: the H hidden units."""
+class GatedModule(nn.Module):
+    """Base of the prunable module types: what is specific to a type, as class attributes and classmethods.
+
+    A module's size (its entry in the architecture spec) counts its units: hidden units, heads, channels.
+    Units are grouped into chunks of `chunk_size(config)` units, the components at component granularity
+    and DMAO's units (paper 3). Subclasses set the attributes below and implement `slice_plan`,
+    `unit_params`, `importance_slice` and `nominal_size`."""
+
+    #: `Component.kind` of its components at component granularity ("module" is the whole-module kind)
+    component_kind: str = ""
+    #: letter of its components' names: "b0.ffn1.c3" (chunk 3), "b2.mhsa.h1" (head 1)
+    component_tag: str = "c"
+    #: the unit kind DMAO's `unit_kinds` option names
+    dmao_kind: str = ""
+    #: what one unit is, in reports
+    unit_name: str = "units"
+    #: the config field holding units per chunk; None: one unit per component (attention heads)
+    chunk_size_field: str | None = None
+
+    @classmethod
+    def nominal_size(cls, config) -> int:
+        """Its size in a uniform architecture spec (the config's nominal width)."""
+        raise NotImplementedError
+
+    @classmethod
+    def chunk_size(cls, config) -> int:
+        """Units per chunk; spec sizes are multiples of it."""
+        return 1 if cls.chunk_size_field is None else getattr(config, cls.chunk_size_field)
+
+    @classmethod
+    def unit_step(cls, config) -> int:
+        """Units per component at the config's granularity (0 = one component for the whole module)."""
+        return 0 if config.granularity == "module" else cls.chunk_size(config)
+
+    @classmethod
+    def unit_params(cls, config) -> int:
+        """Parameters that belong to one unit (they go with it when it is removed)."""
+        raise NotImplementedError
+
+    @classmethod
+    def shared_params(cls, config) -> int:
+        """Parameters of the module that belong to no unit: its pre-LayerNorm (weight, bias) and output bias."""
+        return 2 * config.hidden_size + config.hidden_size
 
     @staticmethod
     def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        """Which parameters hold which units: name -> (dim, indices, is_outgoing). Used by extraction,
-        lazy loading and DMAO (units may repeat there: a repeated unit is a copy)."""
+        """Which parameters hold which units: name -> (dim, indices, is_outgoing). Used by extraction, lazy
+        loading and DMAO (units may repeat there: a repeated unit is a copy)."""
+        raise NotImplementedError
+
+    def importance_slice(self) -> tuple[nn.Parameter, object]:
+        """(parameter, view) whose rows, grouped per unit, are the unit's representative weight slice for
+        paper 3's utilisation score: `view(param)` and `view(param.grad)` have the units along dim 0."""
+        raise NotImplementedError
+
+class DynaSRFeedForward(GatedModule):
+    """LN -> Linear(d, H) -> SiLU -> dropout -> Linear(H, d) -> dropout. Units: the H hidden units."""
+
+    component_kind = "ffn_chunk"
+    dmao_kind = "ffn"
+    unit_name = "hidden units"
+    chunk_size_field = "ffn_chunk_size"
+
+    @classmethod
+    def nominal_size(cls, config) -> int:
+        return config.intermediate_size
+
+    @classmethod
+    def unit_params(cls, config) -> int:  # linear_in row + bias, linear_out column
+        return 2 * config.hidden_size + 1
+
+    @staticmethod
+    def slice_plan(units: torch.Tensor, size: int, config) -> dict:
         return {"linear_in.weight": (0, units, False), "linear_in.bias": (0, units, False),
                 "linear_out.weight": (1, units, True)}
+
+    def importance_slice(self):  # an FFN chunk's rows of the first linear layer
+        return self.linear_in.weight, lambda t: t
 
     def __init__(self, config, intermediate_size: int):
         super().__init__()
@@ -99,12 +167,25 @@ class DynaSRFeedForward(nn.Module):
         hidden_states = F.linear(hidden_states, _rows(self.linear_in.weight, keep), _rows(self.linear_in.bias, keep))
         hidden_states = _gate_units(F.silu(hidden_states), route.unit_gate)  # [B, T, H]
         hidden_states = self.activation_dropout(hidden_states)
-        w_out = self.linear_out.weight if keep is None else self.linear_out.weight.index_select(1, keep)
-        return self.dropout(F.linear(hidden_states, w_out, self.linear_out.bias))  # [B, T, d]
+        return self.dropout(F.linear(hidden_states, _columns(self.linear_out.weight, keep), self.linear_out.bias))
 
 
-class DynaSRSelfAttention(nn.Module):
+class DynaSRSelfAttention(GatedModule):
     """LN -> multi-head self-attention (SDPA with the padding mask) -> dropout. Units: heads."""
+
+    component_kind = "head"
+    component_tag = "h"
+    dmao_kind = "mhsa"
+    unit_name = "heads"
+    chunk_size_field = None  # one head per component
+
+    @classmethod
+    def nominal_size(cls, config) -> int:
+        return config.num_attention_heads
+
+    @classmethod
+    def unit_params(cls, config) -> int:  # q, k, v rows + biases and out_proj columns of one head
+        return config.head_dim * (3 * (config.hidden_size + 1) + config.hidden_size)
 
     @staticmethod
     def slice_plan(units: torch.Tensor, size: int, config) -> dict:
@@ -112,6 +193,9 @@ class DynaSRSelfAttention(nn.Module):
         plan = {f"{p}_proj.{t}": (0, rows, False) for p in "qkv" for t in ("weight", "bias")}
         plan["out_proj.weight"] = (1, rows, True)
         return plan
+
+    def importance_slice(self):  # a head's columns of the output projection
+        return self.out_proj.weight, lambda t: t.t()
 
     def __init__(self, config, num_heads: int):
         super().__init__()
@@ -147,23 +231,83 @@ class DynaSRSelfAttention(nn.Module):
             gate = route.unit_gate
             context = context * (gate[:, None, None] if gate.dim() == 1 else gate[:, :, None, None])
         context = context.transpose(1, 2).reshape(batch, time, -1)  # [B, T, H * hd]
-        w_out = self.out_proj.weight if rows is None else self.out_proj.weight.index_select(1, rows)
-        return self.dropout(F.linear(context, w_out, self.out_proj.bias))
+        return self.dropout(F.linear(context, _columns(self.out_proj.weight, rows), self.out_proj.bias))
 
 
-class DynaSRConvModule(nn.Module):
+class GatedChannelModule(GatedModule):
+    """Base of the gated channel modules (conv module, cgMLP): unit u owns rows u and size + u of the input
+    projection (value and gate), its depthwise channel and its chunk-wise norm, and column u of the output
+    projection. Subclasses name their two projections."""
+
+    linear_in_name = "linear_in"
+    linear_out_name = "linear_out"
+
+    @classmethod
+    def unit_params(cls, config) -> int:
+        # 2 rows of the input projection (value + gate) with biases, depthwise kernel + bias, norm weight + bias,
+        # one column of the output projection
+        return 2 * (config.hidden_size + 1) + (config.conv_kernel_size + 1) + 2 + config.hidden_size
+
+    @classmethod
+    def slice_plan(cls, units: torch.Tensor, size: int, config) -> dict:
+        both = torch.cat([units, units + size])
+        plan = {f"{cls.linear_in_name}.{t}": (0, both, False) for t in ("weight", "bias")}
+        for name in ("depthwise.weight", "depthwise.bias", "norm_weight", "norm_bias"):
+            plan[name] = (0, units, False)
+        plan[f"{cls.linear_out_name}.weight"] = (1, units, True)
+        return plan
+
+    def importance_slice(self):  # a chunk's value rows of the input projection (gate rows excluded)
+        size = self.depthwise.out_channels
+        return getattr(self, self.linear_in_name).weight, lambda t: t[:size]
+
+    def value_gate_rows(self, keep: torch.Tensor | None) -> torch.Tensor | None:
+        """Rows of the input projection that the kept units own (values, then gates); None = all."""
+        return None if keep is None else torch.cat([keep, keep + self.depthwise.out_channels])
+
+    def chunk_norm(self, hidden_states, keep: torch.Tensor | None) -> torch.Tensor:  # [B, T, C]
+        """LayerNorm over each chunk of `self.chunk` kept channels on its own, so removing a chunk leaves the
+        others unchanged."""
+        return _chunk_layer_norm(hidden_states, self.chunk, self.eps, _rows(self.norm_weight, keep),
+                                 _rows(self.norm_bias, keep))
+
+    def depthwise_conv(self, hidden_states, attention_mask, keep: torch.Tensor | None) -> torch.Tensor:
+        """The depthwise conv over time of the kept channels [B, T, C], padded frames zeroed first so a padded
+        batch gives each utterance what it gets alone."""
+        hidden_states = hidden_states.masked_fill(~attention_mask[..., None], 0.0)
+        channels = hidden_states.shape[-1]
+        return F.conv1d(
+            hidden_states.transpose(1, 2), _rows(self.depthwise.weight, keep), _rows(self.depthwise.bias, keep),
+            padding=self.depthwise.padding, groups=channels,
+        ).transpose(1, 2)
+
+
+class DynaSRConvModule(GatedChannelModule):
     """LN -> pointwise (GLU) -> depthwise conv -> chunk-wise LN -> SiLU -> pointwise -> dropout.
 
-    Units: channels. LayerNorm instead of the original BatchNorm, because running statistics shared by
-    all subnets are wrong for each of them (issue 2; Conformer paper uses BatchNorm)."""
+    Units: channels. LayerNorm instead of the Conformer's BatchNorm, because running statistics shared by all
+    subnets are wrong for each of them."""
 
-    @staticmethod
-    def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        return gated_slice_plan("pointwise_in", "pointwise_out", units, size)
+    component_kind = "conv_chunk"
+    dmao_kind = "conv"
+    unit_name = "channels"
+    chunk_size_field = "conv_chunk_size"
+    linear_in_name = "pointwise_in"
+    linear_out_name = "pointwise_out"
+
+    @classmethod
+    def nominal_size(cls, config) -> int:
+        return config.conv_channels
+
+    @classmethod
+    def unit_step(cls, config) -> int:
+        """Component granularity keeps the conv module whole (paper 2) unless `conv_granularity="chunk"`
+        (paper 3's channel chunks)."""
+        return cls.chunk_size(config) if config.conv_granularity == "chunk" else 0
 
     def __init__(self, config, channels: int):
         super().__init__()
-        self.chunk = config.conv_chunk_size
+        self.chunk = self.chunk_size(config)
         self.eps = config.layer_norm_eps
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pointwise_in = nn.Linear(config.hidden_size, 2 * channels)  # rows [0, C): values, [C, 2C): GLU gates
@@ -177,45 +321,35 @@ class DynaSRConvModule(nn.Module):
 
     def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d]
         keep = route.keep
-        channels = self.depthwise.out_channels if keep is None else keep.numel()
-        glu_rows = None if keep is None else torch.cat([keep, keep + self.depthwise.out_channels])
+        glu_rows = self.value_gate_rows(keep)
         hidden_states = self.layer_norm(hidden_states)
         hidden_states = F.linear(
             hidden_states, _rows(self.pointwise_in.weight, glu_rows), _rows(self.pointwise_in.bias, glu_rows)
         )
         hidden_states = F.glu(hidden_states, dim=-1)  # [B, T, C]
-        # zero the padded frames so the depthwise conv sees what a single unpadded utterance would see
-        hidden_states = hidden_states.masked_fill(~attention_mask[..., None], 0.0)
-        hidden_states = F.conv1d(
-            hidden_states.transpose(1, 2),
-            _rows(self.depthwise.weight, keep),
-            _rows(self.depthwise.bias, keep),
-            padding=self.depthwise.padding,
-            groups=channels,
-        ).transpose(1, 2)  # [B, T, C]
-        hidden_states = _chunk_layer_norm(
-            hidden_states, self.chunk, self.eps, _rows(self.norm_weight, keep), _rows(self.norm_bias, keep)
-        )
+        hidden_states = self.chunk_norm(self.depthwise_conv(hidden_states, attention_mask, keep), keep)
         hidden_states = _gate_units(F.silu(hidden_states), route.unit_gate)
-        w_out = self.pointwise_out.weight if keep is None else self.pointwise_out.weight.index_select(1, keep)
-        return self.dropout(F.linear(hidden_states, w_out, self.pointwise_out.bias))
+        return self.dropout(F.linear(hidden_states, _columns(self.pointwise_out.weight, keep), self.pointwise_out.bias))
 
 
-class DynaSRConvolutionalGatingMLP(nn.Module):
+class DynaSRConvolutionalGatingMLP(GatedChannelModule):
     """cgMLP, the local branch of an E-Branchformer block (Kim et al. 2022; ESPnet ConvolutionalGatingMLP):
     LN -> Linear(d, 2U) -> GELU -> convolutional spatial gating unit (values = first U channels, gates = last U:
     chunk-wise LN -> depthwise conv -> dropout on the gates; values * gates) -> Linear(U, d) -> dropout.
 
-    Units: the U gating channels; unit u owns rows u and U + u of `linear_in`, its norm and depthwise channel
-    and column u of `linear_out`, exactly like a conv channel (so the same cost formula and slicing)."""
+    Units: the U gating channels, owned like a conv channel (so the same cost formula and slicing)."""
 
-    @staticmethod
-    def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        return gated_slice_plan("linear_in", "linear_out", units, size)
+    component_kind = "cgmlp_chunk"
+    dmao_kind = "cgmlp"
+    chunk_size_field = "cgmlp_chunk_size"
+
+    @classmethod
+    def nominal_size(cls, config) -> int:
+        return config.cgmlp_intermediate_size // 2
 
     def __init__(self, config, units: int):
         super().__init__()
-        self.chunk = config.cgmlp_chunk_size
+        self.chunk = self.chunk_size(config)
         self.eps = config.layer_norm_eps
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.linear_in = nn.Linear(config.hidden_size, 2 * units)  # rows [0, U): values, [U, 2U): gates
@@ -230,25 +364,18 @@ class DynaSRConvolutionalGatingMLP(nn.Module):
     def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d]
         keep = route.keep
         units = self.depthwise.out_channels if keep is None else keep.numel()
-        both = None if keep is None else torch.cat([keep, keep + self.depthwise.out_channels])
+        both = self.value_gate_rows(keep)
         hidden_states = self.layer_norm(hidden_states)
         hidden_states = F.linear(hidden_states, _rows(self.linear_in.weight, both), _rows(self.linear_in.bias, both))
         values, gates = F.gelu(hidden_states).split(units, dim=-1)  # [B, T, U] each
-        gates = _chunk_layer_norm(
-            gates, self.chunk, self.eps, _rows(self.norm_weight, keep), _rows(self.norm_bias, keep)
-        )
-        gates = gates.masked_fill(~attention_mask[..., None], 0.0)  # padded frames as for a lone utterance
-        gates = F.conv1d(
-            gates.transpose(1, 2), _rows(self.depthwise.weight, keep), _rows(self.depthwise.bias, keep),
-            padding=self.depthwise.padding, groups=units,
-        ).transpose(1, 2)
+        gates = self.depthwise_conv(self.chunk_norm(gates, keep), attention_mask, keep)
         hidden_states = _gate_units(values * self.activation_dropout(gates), route.unit_gate)  # [B, T, U]
-        w_out = self.linear_out.weight if keep is None else self.linear_out.weight.index_select(1, keep)
-        return self.dropout(F.linear(hidden_states, w_out, self.linear_out.bias))
+        return self.dropout(F.linear(hidden_states, _columns(self.linear_out.weight, keep), self.linear_out.bias))
 
 
-#: The prunable module class of each spec key (see components.BLOCK_MODULES).
-MODULE_CLASSES = {
+#: The prunable module class of each spec key, in component-index order within a block (the modules of each
+#: block type, `components_dynasr.BLOCK_MODULES`, are a subsequence of it).
+MODULE_CLASSES: dict[str, type[GatedModule]] = {
     "ffn1": DynaSRFeedForward,
     "mhsa": DynaSRSelfAttention,
     "conv": DynaSRConvModule,

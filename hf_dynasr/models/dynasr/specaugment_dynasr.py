@@ -1,4 +1,4 @@
-"""SpecAugment with the papers' values (methods.md B): time masks of at most 20 frames, one per 25
+"""SpecAugment with the papers' values (the RWTH setups of papers 1-3): time masks of at most 20 frames, one per 25
 frames and at least 2; up to 5 frequency masks of at most 8 bins. Applied to log-mel features in
 training mode only, and only inside each utterance's valid frames."""
 
