@@ -47,7 +47,7 @@ def tiny_dataset():
 
 @pytest.fixture(scope="module")
 def results(supernet, tiny_dataset, tmp_path_factory):
-    from hf_dynasr.evaluation.metrics import evaluate_checkpoint
+    from hf_dynasr.evaluation import evaluate_checkpoint
     from hf_dynasr.json_io import write_json
 
     path, _ = supernet
@@ -60,7 +60,7 @@ def results(supernet, tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export(supernet, results, tmp_path_factory):
-    from hf_dynasr.export.hub import export_subnets
+    from hf_dynasr.export import export_subnets
 
     path, _ = supernet
     out = tmp_path_factory.mktemp("export") / "out"
@@ -74,7 +74,7 @@ def export(supernet, results, tmp_path_factory):
 
 
 def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
-    from hf_dynasr.evaluation.metrics import plot_pareto, results_markdown, samples_markdown
+    from hf_dynasr.evaluation import plot_pareto, results_markdown, samples_markdown
 
     _, model = supernet
     res, file = results
@@ -103,7 +103,7 @@ def test_evaluate_checkpoint_every_size(supernet, results, tmp_path):
 def test_wer_cer_and_local_evaluate_module():
     import evaluate
 
-    from hf_dynasr.evaluation.metrics import wer_cer
+    from hf_dynasr.evaluation import wer_cer
 
     refs, hyps = ["Hello, World!", "a b c d"], ["hello word", "a b d"]
     ours = wer_cer(refs, hyps)
@@ -115,8 +115,36 @@ def test_wer_cer_and_local_evaluate_module():
     assert got["hits"] == 4 and got["insertions"] == 0
 
 
+def test_training_time_and_checkpoint_evaluation_score_alike(supernet, monkeypatch):
+    """Training-time evaluation, evaluate_checkpoint and the local evaluate metric give the same WER/CER on the
+    same references and hypotheses: punctuation and case normalised, an empty reference counted."""
+    import datasets
+    import evaluate
+
+    from hf_dynasr.evaluation import checkpoint, evaluate_checkpoint, evaluate_sizes, sizes, wer_cer
+
+    path, model = supernet
+    refs = ["Hello, World!", "", "It's a CAT.", "a well-known Café"]
+    hyps = ["hello word", "uh oh", "its a cat", "a well known cafe"]
+    monkeypatch.setattr(sizes, "transcribe", lambda *args, **kwargs: (list(refs), list(hyps)))
+    monkeypatch.setattr(checkpoint, "transcribe_batch", lambda *args, **kwargs: list(hyps))
+    during_training = evaluate_sizes(model, datasets.Dataset.from_dict({"x": [0] * len(refs)}), None, None)
+    audio = [np.zeros(16000, dtype=np.float32)] * len(refs)
+    evaluated = evaluate_checkpoint(path, datasets.Dataset.from_dict({"audio": audio, "text": refs}),
+                                    batch_size=len(refs), latency=False)
+    metric = evaluate.load(str(REPO_ROOT / "hf_dynasr" / "evaluation" / "wer_metric"))
+    local = metric.compute(predictions=hyps, references=refs)
+    want = wer_cer(refs, hyps)
+    assert want["wer"] == pytest.approx(4 / 9) and want["insertions"] == 2  # "uh oh" against nothing
+    assert set(during_training) == set(evaluated["sizes"]) == {"small", "mid", "full"}
+    for name in ("small", "mid", "full"):
+        for scores in (during_training[name], evaluated["sizes"][name], local):
+            assert scores["wer"] == pytest.approx(want["wer"]) and scores["cer"] == pytest.approx(want["cer"])
+        assert during_training[name]["utterances"] == len(refs)
+
+
 def test_latency_table_and_script_guard(supernet, tmp_path):
-    from hf_dynasr.evaluation.metrics import latency_table
+    from hf_dynasr.evaluation import latency_table
 
     path, _ = supernet
     target = tmp_path / "lt.json"
@@ -211,7 +239,7 @@ def test_onnx_matches_pytorch(supernet, export):
 
 
 def test_export_refuses_non_empty_output(supernet, tmp_path):
-    from hf_dynasr.export.hub import export_subnets
+    from hf_dynasr.export import export_subnets
 
     path, _ = supernet
     out = tmp_path / "out"

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hf_dynasr.lm import arpa as lm_arpa
 from hf_dynasr.lm import decoding as lm_decoding
-from hf_dynasr.lm.decoding import (
+from hf_dynasr.lm import (
     CONFIG_FILE,
     LEXICON_FILE,
     LM_FILE,
@@ -189,7 +190,7 @@ def test_build_lm_script(text_file, tmp_path, capsys):
 
 @pytest.mark.parametrize("tool", ["irstlm", "kenlm"])
 def test_external_tool_arpa(tool, text_file, tmp_path):
-    if tool not in lm_decoding.available_tools():
+    if tool not in lm_arpa.available_tools():
         pytest.skip(f"{tool} not installed" + (" (apt-get install -y irstlm)" if tool == "irstlm" else ""))
     config = build_lm(text_file, tmp_path / tool, order=3, tool=tool)
     assert config["tool"] == tool and config["ngram_counts"]["1"] >= config["vocabulary_size"]
@@ -201,7 +202,7 @@ def test_external_tool_arpa(tool, text_file, tmp_path):
 
 
 def test_unavailable_tool_is_a_clear_error(text_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(lm_decoding, "available_tools", lambda: ["python"])
+    monkeypatch.setattr(lm_arpa, "available_tools", lambda: ["python"])
     with pytest.raises(RuntimeError, match="apt-get install -y irstlm"):
         build_lm(text_file, tmp_path, tool="irstlm")
 
@@ -291,8 +292,8 @@ def test_evaluate_and_export_with_lm(lm_dir, tmp_path):
     import torch
 
     from hf_dynasr import DynaSRConfig, DynaSRForCTC, build_processor
-    from hf_dynasr.export.hub import export_subnets
-    from hf_dynasr.evaluation.metrics import evaluate_checkpoint, results_markdown
+    from hf_dynasr.export import export_subnets
+    from hf_dynasr.evaluation import evaluate_checkpoint, results_markdown
 
     torch.manual_seed(0)
     model = DynaSRForCTC(DynaSRConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -1,4 +1,4 @@
-"""The ASR pipeline and the Hub remote-code path on saved folders (issue 2)."""
+"""The ASR pipeline and the Hub remote-code path (`trust_remote_code=True`) on saved folders."""
 
 import json
 import os
