@@ -59,7 +59,7 @@ def test_lazy_load_sharded_checkpoint(supernet, tmp_path):
     model.save_pretrained(tmp_path, max_shard_size="150KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     lazy = DynaSRForCTC.from_pretrained(tmp_path, subnet="mid")
-    assert hasattr(lazy, "_dynasr_lazy_load")
+    assert hasattr(lazy, "lazy_load_info")
     x, mask = _features()
     with torch.no_grad():
         assert torch.equal(lazy(x, mask).logits, model.extract_subnet("mid")(x, mask).logits)

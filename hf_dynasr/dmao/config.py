@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hf_dynasr.models.dynasr.configuration_dynasr import check_choice
 from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
 
 SCORES = ("taylor", "grad", "weight")
@@ -50,10 +51,10 @@ class DMAOConfig:
             raise ValueError(f"events must be fractions of training in (0, 1); got {bad}")
         if not 0.0 <= float(self.beta) <= 1.0:
             raise ValueError(f"beta must be in [0, 1]; got {self.beta!r}")
-        _choice("score", self.score, SCORES)
-        _choice("init", self.init, INITS)
+        check_choice("score", self.score, SCORES)
+        check_choice("init", self.init, INITS)
         for kind in self.unit_kinds:
-            _choice("unit_kinds entry", kind, UNIT_KINDS)
+            check_choice("unit_kinds entry", kind, UNIT_KINDS)
         if not self.unit_kinds:
             raise ValueError(f"unit_kinds is empty; choose from {', '.join(UNIT_KINDS)}")
         if not isinstance(self.update_every, int) or self.update_every < 1:
@@ -75,8 +76,3 @@ class DMAOConfig:
         if len(set(steps)) != len(steps):
             raise ValueError(f"events {self.events} collapse onto the same steps {steps}; space them further apart")
         return steps
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")

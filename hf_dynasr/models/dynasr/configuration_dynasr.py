@@ -184,11 +184,11 @@ class DynaSRConfig(PretrainedConfig):
     def check_consistency(self) -> None:
         """Check every field and their combinations (spec, chunk sizes, subnets); raise ValueError naming the
         field. Runs at construction; call it again after changing fields in place."""
-        _choice("block_type", self.block_type, BLOCK_TYPES)
-        _choice("frontend_type", self.frontend_type, FRONTEND_TYPES)
-        _choice("granularity", self.granularity, GRANULARITIES)
-        _choice("conv_granularity", self.conv_granularity, CONV_GRANULARITIES)
-        _choice("ctc_loss_reduction", self.ctc_loss_reduction, ("mean", "sum"))
+        check_choice("block_type", self.block_type, BLOCK_TYPES)
+        check_choice("frontend_type", self.frontend_type, FRONTEND_TYPES)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("conv_granularity", self.conv_granularity, CONV_GRANULARITIES)
+        check_choice("ctc_loss_reduction", self.ctc_loss_reduction, ("mean", "sum"))
         for name in ("vocab_size", "num_mel_bins", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "conv_channels", "ffn_chunk_size", "conv_chunk_size", "frontend_channels",
                      "sampling_rate", "hop_length", "cgmlp_intermediate_size", "cgmlp_chunk_size"):
@@ -271,7 +271,7 @@ class DynaSRConfig(PretrainedConfig):
             if not isinstance(entry, dict):
                 raise ValueError(f"subnets['{name}'] must be a dict; got {type(entry).__name__}")
             if entry.get("criterion") is not None:
-                _choice(f"subnets['{name}']['criterion']", entry["criterion"], SUBNET_CRITERIA)
+                check_choice(f"subnets['{name}']['criterion']", entry["criterion"], SUBNET_CRITERIA)
             ids = entry.get("components")
             if ids is None:
                 continue
@@ -285,6 +285,7 @@ class DynaSRConfig(PretrainedConfig):
                 raise ValueError(f"subnets['{name}'] lists a component twice")
 
 
-def _choice(name: str, value, allowed) -> None:
+def check_choice(name: str, value, allowed) -> None:
+    """Raise ValueError naming the option and its allowed values when `value` is not one of `allowed`."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")

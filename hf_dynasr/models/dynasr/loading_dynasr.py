@@ -200,7 +200,8 @@ def load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs
 
 
 def _finish(model, state: dict, reader: SafetensorsReader, source: str, options: dict):
-    """Load the read tensors into the meta model and record what was read."""
+    """Load the read tensors into the meta model and record what was read in `model.lazy_load_info` (tensor
+    names, bytes read, files)."""
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
@@ -209,7 +210,7 @@ def _finish(model, state: dict, reader: SafetensorsReader, source: str, options:
     model.config.name_or_path = source
     if options["dtype"] is not None:
         model.config.dtype = options["dtype"]
-    model._dynasr_lazy_load = {"tensors": list(reader.tensors_read), "bytes_read": reader.bytes_read,
+    model.lazy_load_info = {"tensors": list(reader.tensors_read), "bytes_read": reader.bytes_read,
                                "files": list(reader.files.values())}
     if options["output_loading_info"]:
         return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}

@@ -239,7 +239,8 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
 
         Without `subnet` (and no `active_subnet` in the checkpoint) it returns the whole checkpoint.
         A strict size is loaded lazily: only its tensors and slices are read from the safetensors
-        weights (`loading_dynasr.load_subnet_lazily`); other cases use the regular loader."""
+        weights (`loading_dynasr.load_subnet_lazily`; the model's `lazy_load_info` says what was read);
+        other cases use the regular loader."""
         # weights only from safetensors: a Hub repo's pytorch_model.bin would be unpickled, which can run code
         kwargs.setdefault("use_safetensors", True)
         loaded = load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs)
