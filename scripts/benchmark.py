@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import ParakeetCTCConfig, ParakeetForCTC
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hf_dynasr import DynaSRConfig, DynaSRForCTC  # noqa: E402
-from hf_dynasr.evaluation.metrics import machine_info  # noqa: E402
-
-from benchmark_report import headline_ratios, write_docs  # noqa: E402  (scripts/ is sys.path[0] for a script)
+from hf_dynasr import FULL, DynaSRConfig, DynaSRForCTC, build_processor
+from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
+from hf_dynasr.dmao import DMAO, DMAOConfig
+from hf_dynasr.evaluation import machine_info
+from hf_dynasr.evaluation.benchmark_report import headline_ratios, write_docs
+from hf_dynasr.evaluation.timing import matmul_peak_gflops, timeit, timeit_side_by_side
+from hf_dynasr.json_io import write_json
+from hf_dynasr.selection import SelectionConfig, build_selector
+from hf_dynasr.trainer.supernet_step import NetRun, supernet_loss
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
 FRAMES_10S = 1001  # ParakeetFeatureExtractor frames for 10 s at 16 kHz
@@ -43,36 +48,6 @@ CONFIGS = {
 }
 
 
-def timeit(fn, repeats: int, warmup: int = 1, min_repeat_ms: float = 250.0) -> float:
-    """Median wall time of one call in milliseconds (see `timeit_side_by_side`)."""
-    return timeit_side_by_side({"fn": fn}, repeats, warmup, min_repeat_ms)["fn"]
-
-
-def timeit_side_by_side(fns: dict, repeats: int, warmup: int = 1, min_repeat_ms: float = 250.0) -> dict:
-    """Median wall time of one call of each function, in milliseconds, measured round-robin.
-
-    Two things made ratios of sequential timings swing by 10-20 % on a shared 2-core VM: a 10 ms forward timed
-    once per repeat catches the scheduler's noise, and a slow phase of the host hits whichever variant runs then.
-    So each repeat calls a function as many times as fill `min_repeat_ms` (their mean counts), and every repeat
-    times all functions in turn, so drift hits them alike.
-    """
-    calls = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        start = time.perf_counter()
-        fn()
-        calls[name] = max(1, math.ceil(min_repeat_ms / max(1e-3, (time.perf_counter() - start) * 1000)))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            times[name].append((time.perf_counter() - start) * 1000 / calls[name])
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def machine() -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=os.path.dirname(RESULTS), capture_output=True, text=True).stdout.strip()
@@ -84,17 +59,8 @@ def machine() -> dict:
             "cpu": machine_info()["cpu"], "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
-    """fp32 matmul throughput of this machine right now (the roofline the training GFLOP/s is compared to)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    ms = timeit(lambda: a @ b, repeats, warmup=3)
-    return 2 * size**3 / (ms / 1000) / 1e9
-
-
 def parakeet_twin(cfg: dict, frontend_channels: int = 64):
     """ParakeetForCTC with our hidden size, layers, heads, FFN size and 4x subsampling."""
-    from transformers import ParakeetCTCConfig, ParakeetForCTC
-
     enc = dict(hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
                num_attention_heads=cfg["num_attention_heads"], intermediate_size=cfg["intermediate_size"],
                conv_kernel_size=cfg["conv_kernel_size"], subsampling_factor=4,
@@ -133,7 +99,6 @@ def suite_encoder(repeats: int) -> dict:
     return out
 
 
-
 DEMO_MODEL = dict(hidden_size=144, num_hidden_layers=4, num_attention_heads=4, intermediate_size=576,
                   conv_kernel_size=15, frontend_type="conv2d4x", frontend_channels=64, hidden_dropout=0.0,
                   activation_dropout=0.0, attention_dropout=0.0)
@@ -167,8 +132,6 @@ def _demo_supernet(granularity: str = "component"):
 def suite_training(repeats: int) -> dict:
     """Audio seconds per wall second of a demo training step, achieved GFLOP/s vs the matmul peak, and the
     share of data loading (collating prepared features) in a step."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model = DynaSRForCTC(DynaSRConfig(vocab_size=30, **DEMO_MODEL)).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     feats, mask, labels = _batch()
@@ -186,11 +149,6 @@ def suite_training(repeats: int) -> dict:
     result["share_of_peak"] = round(result["achieved_gflops"] / peak, 3)
     corpus = os.path.join(os.path.dirname(RESULTS), "..", "data", "demo_corpus")
     if os.path.isdir(corpus):
-        from torch.utils.data import DataLoader
-
-        from hf_dynasr import build_processor
-        from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
-
         proc = build_processor()
         ds, _ = prepare_dataset(load_speech_dataset(f"audiofolder:{corpus}", split="dev"), proc.feature_extractor,
                                 proc.tokenizer)
@@ -207,12 +165,6 @@ def suite_training(repeats: int) -> dict:
 def suite_supernet(repeats: int) -> dict:
     """A stage-1 step (full + soft-gated subnet) and a stage-2 step (full + smallest + middle, hard masks)
     against the sum of standalone steps of the same nets (extracted models, same batch); selector share."""
-    from types import SimpleNamespace
-
-    from hf_dynasr.selection import build_selector
-    from hf_dynasr.trainer.supernet_step import NetRun
-    from hf_dynasr.trainer.steps import supernet_loss
-
     model = _demo_supernet()
     feats, mask, labels = _batch()
     params = list(model.parameters())
@@ -221,22 +173,23 @@ def suite_supernet(repeats: int) -> dict:
     opt = torch.optim.AdamW(params + list(selector.parameters()), 1e-3)
 
     # the training script's own loss (supernet_loss: one frontend pass shared by the step's nets), no LayerDrop
-    args = SimpleNamespace(selection={"loss_weight": "paper1", "layerdrop_stage1": 0.0, "layerdrop_stage2": 0.0},
-                           seed=0)
+    selection = SelectionConfig(loss_weight="paper1", layerdrop_stage1=0.0, layerdrop_stage2=0.0)
     batch = {"input_features": feats, "attention_mask": mask, "labels": labels}
+    sizes = ["small", "medium"]
 
     def stage1():
         step = int(selector.step_count)
-        runs = [NetRun(None), NetRun("small", selector.gates("small", step), soft=True)]
-        supernet_loss(model, model, batch, runs, args, selector, step, ["small", "medium"])[0].backward()
+        runs = [NetRun(FULL), NetRun("small", selector.gates("small", step), soft=True)]
+        supernet_loss(model, model, batch, runs, step, sizes=sizes, selection=selection, seed=0,
+                      selector=selector)[0].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             selector.end_of_step(step)
 
     def stage2():
-        runs = [NetRun(None), NetRun("small"), NetRun("medium")]
-        supernet_loss(model, model, batch, runs, args, None, 0, ["small", "medium"])[0].backward()
+        runs = [NetRun(FULL), NetRun("small"), NetRun("medium")]
+        supernet_loss(model, model, batch, runs, 0, sizes=sizes, selection=selection, seed=0)[0].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -245,12 +198,7 @@ def suite_supernet(repeats: int) -> dict:
         (selector.gates("small", step).sum() + selector.regularizer("small", step)).backward()
         selector.zero_grad(set_to_none=True)
 
-    steps = {}
-    for name in ("full", "small", "medium"):
-        net = model.extract_subnet(name) if name != "full" else DynaSRForCTC(model.config).train()
-        if name == "full":
-            net.load_state_dict(model.state_dict(), strict=False)
-        steps[name] = _train_step(net, torch.optim.AdamW(net.parameters(), 1e-3), feats, mask, labels)
+    steps = _standalone_steps(model, feats, mask, labels)
     ms = timeit_side_by_side({**steps, "stage1": stage1, "stage2": stage2}, repeats, warmup=2)
     standalone = {name: ms[name] for name in ("full", "small", "medium")}
     s1, s2 = ms["stage1"], ms["stage2"]
@@ -264,6 +212,18 @@ def suite_supernet(repeats: int) -> dict:
               "selector_ms": round(sel, 2), "selector_share_of_stage1": round(sel / s1, 4)}
     print("supernet", json.dumps(result), flush=True)
     return result
+
+
+def _standalone_steps(model, feats, mask, labels) -> dict:
+    """A training step of each net of the supernet step as a model of its own: the full net (a copy of the
+    supernet's weights) and the extracted sizes, each with its own optimizer."""
+    steps = {}
+    for name in ("full", "small", "medium"):
+        net = model.extract_subnet(name) if name != "full" else DynaSRForCTC(model.config).train()
+        if name == "full":
+            net.load_state_dict(model.state_dict(), strict=False)
+        steps[name] = _train_step(net, torch.optim.AdamW(net.parameters(), 1e-3), feats, mask, labels)
+    return steps
 
 
 def suite_inference(repeats: int) -> dict:
@@ -303,8 +263,6 @@ def suite_loading(repeats: int) -> dict:
     """Peak RSS of from_pretrained(subnet=smallest) vs the whole supernet (paper d=512 model), each in a fresh
     process, against the bare interpreter with the libraries imported and the size's weights; and after one
     forward (weights resident), the smallest size against the supernet."""
-    import tempfile
-
     model = DynaSRForCTC(DynaSRConfig(**CONFIGS["paper_d512"], frontend_type="conv2d4x"))
     n = len(model.component_index)
     entry = model.add_subnet("small", components=list(range(0, n, 3)))
@@ -349,8 +307,6 @@ def suite_loading(repeats: int) -> dict:
 def suite_dmao(repeats: int) -> dict:
     """DMAO's share of training time on the demo schedule: score updates every `update_every` steps plus one
     reshape event, against the plain training steps of the same run length."""
-    from hf_dynasr.dmao.grow_and_drop import DMAO, DMAOConfig
-
     steps = 60
     model = DynaSRForCTC(DynaSRConfig(vocab_size=30, conv_granularity="chunk", **DEMO_MODEL)).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -383,10 +339,7 @@ def suite_dmao(repeats: int) -> dict:
 def write(suite: str, data: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{suite}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"suite": suite, "machine": machine(), "results": data}, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, {"suite": suite, "machine": machine(), "results": data})
     return path
 
 

@@ -37,7 +37,7 @@ python training/train.py --config training/configs/demo_cpu.yaml --output_dir "$
   --train_data "audiofolder:$CORPUS" --eval_data "audiofolder:$CORPUS" "${TRAIN_ARGS[@]}" ${STEPS[@]+"${STEPS[@]}"}
 
 echo "== 3/4 evaluate every size on the test split"
-python scripts/evaluate.py --checkpoint "$OUT/final" --data "audiofolder:$CORPUS" --split test \
+python scripts/evaluate_model.py --checkpoint "$OUT/final" --data "audiofolder:$CORPUS" --split test \
   --output_dir "$OUT/eval" --latency_runs 20
 
 echo "== 4/4 export every size with its model card"

@@ -1,21 +1,12 @@
-"""scripts/benchmark.py's headline ratios and docs page, from suite result files (the suites themselves are
-timed runs and live outside the test suite)."""
+"""scripts/benchmark.py's headline ratios and docs page (hf_dynasr.evaluation.benchmark_report), from suite
+result files, and its side-by-side timing (hf_dynasr.evaluation.timing); the suites themselves are timed runs and
+live outside the test suite."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    """A module of scripts/ by path: scripts/ on sys.path would shadow the `evaluate` library."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from hf_dynasr.evaluation import benchmark_report as report
+from hf_dynasr.evaluation.timing import timeit_side_by_side
 
 
 def _write(results_dir, suite, results):
@@ -34,7 +25,6 @@ def test_headline_ratios_cover_every_suite(tmp_path):
     _write(results, "loading", {"small_load_ratio": 1.1})
     _write(results, "training", {"share_of_peak": 0.5, "data_share_of_step": 0.01})
     _write(results, "dmao", {"dmao_share": 0.003})
-    report = _load("benchmark_report")
     rows = report.headline_ratios(str(results))
     assert rows["stage2_step_vs_sum_of_standalone"] == {"value": 0.98, "goal": "<= 1.10", "met": True}
     assert rows["stage1_step_vs_2x_full"]["met"] is False
@@ -54,10 +44,8 @@ def test_headline_ratios_cover_every_suite(tmp_path):
 
 def test_side_by_side_timing_interleaves_the_variants(tmp_path):
     """Ratios come from variants timed in turn within each repeat, so host drift hits them alike."""
-    _load("benchmark_report")
-    bench = _load("benchmark")
     calls = []
-    ms = bench.timeit_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+    ms = timeit_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
                                    warmup=1, min_repeat_ms=0.0)
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
     assert calls[4:] == ["a", "b"] * 3  # after warm-up and calibration (2 calls each): round-robin repeats

@@ -1,5 +1,5 @@
-"""scripts/reproduce.py's run matrix and report (the runs themselves are too long for the suite), and the
-warm-up/stable/decay schedule the demo uses."""
+"""scripts/reproduce.py's run matrix and report (hf_dynasr.evaluation.reproduction and reproduction_report; the
+runs themselves are too long for the suite), and the warm-up/stable/decay schedule the demo uses."""
 
 import json
 import subprocess
@@ -9,18 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_dynasr.evaluation.reproduction_report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _report_module():
-    """scripts/reproduce_report.py by path: putting scripts/ on sys.path would shadow the `evaluate` library
-    with scripts/evaluate.py for every later test."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reproduce_report", ROOT / "scripts" / "reproduce_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(config, seed, sizes, dmao=False, method="ortho_softmax"):
@@ -44,7 +35,6 @@ def _record():
 
 
 def test_report_compares_each_size_with_its_baseline(tmp_path):
-    write_report = _report_module().write_report
     doc = tmp_path / "reproduction.md"
     write_report(_record(), str(doc))
     text = doc.read_text()

@@ -1,4 +1,4 @@
-"""scripts/synthesize_corpus.py: a real (tiny) espeak-ng + flite corpus."""
+"""scripts/synthesize_corpus.py (hf_dynasr.data.synthesis and its CLI): a real (tiny) espeak-ng + flite corpus."""
 
 import csv
 import os
@@ -83,6 +83,7 @@ def test_deterministic_for_a_seed(corpus, tmp_path):
     again = run(tmp_path / "again")
     assert again.returncode == 0, again.stderr
     other = run(tmp_path / "other", seed=4)
+    assert other.returncode == 0, other.stderr
     for split in ("train", "dev", "test"):
         assert read_split(tmp_path / "again", split)[1] == read_split(out, split)[1]
     assert [r["transcription"] for r in read_split(tmp_path / "other", "train")[1]] != \
@@ -136,3 +137,19 @@ def test_missing_tools_and_bad_engines(tmp_path):
     if shutil.which("pico2wave") is None:
         proc = run(tmp_path / "z", "--engines", "espeak,pico", n=3)
         assert proc.returncode == 0 and "pico2wave is not installed" in proc.stderr
+
+
+def test_plan_helpers():
+    """The library's sentence filter, split sizes and engine list, without synthesizing anything."""
+    from hf_dynasr.data import synthesis
+
+    assert synthesis.normalize_sentence("Mr. Smith's cat sat down.") == "mr smith's cat sat down"
+    assert synthesis.normalize_sentence("I have 3 cats here") is None and synthesis.normalize_sentence("Too short") is None
+    assert synthesis.split_sentences("Mr. Smith went home. He slept well! Did he?") == \
+        ["Mr. Smith went home.", "He slept well!", "Did he?"]
+    assert synthesis.split_sizes(10, 0.05, 0.05) == {"train": 8, "dev": 1, "test": 1}
+    with pytest.raises(ValueError, match="too small"):
+        synthesis.split_sizes(2, 0.05, 0.05)
+    assert synthesis.parse_engines(" espeak, flite ") == ["espeak", "flite"]
+    with pytest.raises(ValueError, match="festival"):
+        synthesis.parse_engines("espeak,festival")

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import os
+
+from hf_dynasr.json_io import read_json
 
 GOALS = {
     "encoder": "our forward time <= ParakeetForCTC's at equal dimensions and 4x subsampling (ratio <= 1)",
@@ -34,7 +35,7 @@ def write_docs(results: str, suites: list[str]) -> str:
              "goal missed or met by less than that is a tie.", ""]
     speed_path = os.path.join(results, "speed.json")
     if os.path.exists(speed_path):
-        speed = json.load(open(speed_path))
+        speed = read_json(speed_path)
         lines += ["## Headline ratios", "", f"`python scripts/benchmark.py --suite speed` at commit "
                   f"`{speed['machine']['commit']}`, {speed['machine']['date']}; every suite below was measured in that "
                   "same run.", "", "| ratio | value | goal | met |", "|---|---:|---|---|"]
@@ -43,8 +44,7 @@ def write_docs(results: str, suites: list[str]) -> str:
         lines.append("")
     found = sorted(f[:-5] for f in os.listdir(results) if f.endswith(".json"))
     for name in [n for n in found if n in suites]:  # reproduction.json has its own page (scripts/reproduce.py)
-        with open(os.path.join(results, f"{name}.json")) as f:
-            data = json.load(f)
+        data = read_json(os.path.join(results, f"{name}.json"))
         m = data["machine"]
         lines += [f"## {name}", "", f"`python scripts/benchmark.py --suite {name}` at commit `{m['commit']}`, "
                   f"{m['date']}, torch {m['torch']}, {m['threads']} threads.", ""]
@@ -65,7 +65,7 @@ def headline_ratios(results: str) -> dict:
     """The ratios the project is judged on, read back from the suites' JSON files (goal, value, met)."""
     def load(name):
         path = os.path.join(results, f"{name}.json")
-        return json.load(open(path))["results"] if os.path.exists(path) else {}
+        return read_json(path)["results"] if os.path.exists(path) else {}
 
     sup, inf, enc, load_, tr, dm = (load(n) for n in ("supernet", "inference", "encoder", "loading", "training", "dmao"))
     rows = {}

@@ -1,0 +1,165 @@
+"""Command lines of the evaluation package: `dynasr-evaluate` (= `python scripts/evaluate_model.py`) and
+`dynasr-reproduce` (= `python scripts/reproduce.py`). Results go to stdout, errors to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+import torch
+from transformers import AutoProcessor
+
+from hf_dynasr.data import load_speech_dataset
+from hf_dynasr.evaluation import evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown
+from hf_dynasr.evaluation import reproduction
+from hf_dynasr.json_io import write_json
+from hf_dynasr.lm import load_lm_decoder
+
+EVALUATE_USAGE = """Evaluate every size of an hf_dynasr checkpoint: WER, CER, parameters, FLOPs, latency, RTF.
+
+    python scripts/evaluate_model.py --checkpoint ckpt --data audiofolder:data/synth --split test
+    python scripts/evaluate_model.py --checkpoint ckpt --audio_dir data/synth/test --subnets small,full
+    python scripts/evaluate_model.py --checkpoint ckpt --latency-table          # writes ckpt/latency_table.json
+    python scripts/evaluate_model.py --checkpoint ckpt --data audiofolder:data/synth --lm lm   # + LM beam search WER
+
+Writes OUTPUT_DIR/results.json, results.md (a markdown table) and pareto.png (WER vs params and vs FLOPs;
+--baselines JSON adds individually trained models: {name: {num_parameters, flops, wer}}).
+`dynasr-evaluate` is the same command.
+"""
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=EVALUATE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="supernet or per-size checkpoint (directory or Hub id)")
+    p.add_argument("--subnets", default="all", help="'all' (every size + full) or a comma list, e.g. small,full")
+    p.add_argument("--data", help="dataset spec for hf_dynasr.data.load_speech_dataset, e.g. audiofolder:data/synth")
+    p.add_argument("--audio_dir", help="an audiofolder directory (audio + metadata.csv); alternative to --data")
+    p.add_argument("--split", default="test", help="split / subdirectory to evaluate (default: test)")
+    p.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N utterances")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--num_threads", type=int, default=None, help="torch threads for latency (default: torch's)")
+    p.add_argument("--latency_runs", type=int, default=5, help="timed runs per size (median); 0 = no latency")
+    p.add_argument("--latency-table", "--latency_table", dest="latency_table", action="store_true",
+                   help="measure batch-1 latency per size and write latency_table.json beside the checkpoint")
+    p.add_argument("--no_normalize", action="store_true", help="score raw text (default: normalised)")
+    p.add_argument("--baselines", help="JSON of individually trained baselines to draw on the Pareto plot")
+    p.add_argument("--output_dir", default=None, help="where to write results (default: the checkpoint dir)")
+    p.add_argument("--lm", default=None, help="LM folder of scripts/build_lm.py: also report lexicon + n-gram LM "
+                   "beam search WER per size (needs pip install flashlight-text)")
+    p.add_argument("--lm_weight", type=float, default=None, help="LM weight (default: the LM folder's)")
+    p.add_argument("--word_score", type=float, default=None, help="per-word score (default: the LM folder's)")
+    p.add_argument("--beam_size", type=int, default=None, help="beam size (default: the LM folder's)")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """Evaluate the sizes of --checkpoint (and/or write its latency table); 2 on bad input."""
+    args = evaluate_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    if not (args.data or args.audio_dir or args.latency_table):
+        print("error: give --data or --audio_dir (or --latency-table alone)", file=sys.stderr)
+        return 2
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if args.latency_table:
+        if not os.path.isdir(args.checkpoint):
+            print("error: --latency-table needs a local checkpoint directory", file=sys.stderr)
+            return 2
+        _print_latency_table(args)
+        if not (args.data or args.audio_dir):
+            return 0
+    decoder = None
+    if args.lm:
+        try:
+            decoder = load_lm_decoder(args.lm, AutoProcessor.from_pretrained(args.checkpoint).tokenizer,
+                                      lm_weight=args.lm_weight, word_score=args.word_score, beam_size=args.beam_size)
+        except (ImportError, OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    dataset = load_speech_dataset(args.data if args.data else f"audiofolder:{args.audio_dir}", split=args.split)
+    results = evaluate_checkpoint(
+        args.checkpoint, dataset, subnets=args.subnets, batch_size=args.batch_size,
+        normalize=not args.no_normalize, latency=args.latency_runs > 0, latency_runs=args.latency_runs,
+        num_threads=args.num_threads, dataset_name=args.data or args.audio_dir, split=args.split,
+        max_samples=args.max_samples, decoder=decoder,
+    )
+    _write_results(args, results, decoder)
+    return 0
+
+
+def _print_latency_table(args) -> None:
+    table = latency_table(args.checkpoint, subnets=args.subnets, runs=max(1, args.latency_runs),
+                          num_threads=args.num_threads)
+    for name, row in table["sizes"].items():
+        print(f"{name:>12}: {row['latency_ms']:8.1f} ms  (RTF {row['rtf']:.4f})")
+    print(f"wrote {table['path']}")
+
+
+def _write_results(args, results: dict, decoder) -> None:
+    """results.json, results.md and pareto.png in --output_dir (default: the checkpoint folder); the tables
+    also go to stdout."""
+    out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "results.json"), results)
+    table = results_markdown(results)
+    samples = samples_markdown(results)
+    markdown = os.path.join(out, "results.md")
+    with open(markdown + ".tmp", "w", encoding="utf-8") as f:
+        f.write(table + ("\n" + samples if samples else ""))
+    os.replace(markdown + ".tmp", markdown)
+    plot_pareto(results, os.path.join(out, "pareto.png"), baselines=args.baselines)
+    print(table)
+    if samples:
+        print(samples)
+    if decoder is not None:
+        print(f"LM beam search: {decoder.decode_seconds:.2f} s for {decoder.decoded_frames} output frames "
+              f"(all sizes), lm_weight={decoder.options['lm_weight']}, word_score={decoder.options['word_score']}")
+    print(f"wrote {os.path.join(out, 'results.json')}, results.md, pareto.png")
+
+
+def reproduce_parser() -> argparse.ArgumentParser:
+    defaults = reproduction.ReproduceOptions()
+    p = argparse.ArgumentParser(description=reproduction.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default=defaults.corpus, help="audiofolder corpus (synthesized if missing; "
+                   "docs/reproduction.md used 4,000 utterances, seed 0)")
+    p.add_argument("--num_utterances", type=int, default=defaults.num_utterances,
+                   help="corpus size when it has to be synthesized")
+    p.add_argument("--output_dir", default=defaults.output_dir, help="one sub-folder per run")
+    p.add_argument("--runs", default=defaults.runs, help="'all' or a comma list of run names (see --list)")
+    p.add_argument("--max_steps", type=int, default=defaults.max_steps,
+                   help="override every config's max_steps (smoke tests)")
+    p.add_argument("--parallel", type=int, default=defaults.parallel, help="runs at a time")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="torch threads per run")
+    p.add_argument("--force", action="store_true", help="re-run finished runs")
+    p.add_argument("--report_only", action="store_true", help="only rebuild the JSON and the docs")
+    p.add_argument("--list", action="store_true", help="print the run matrix and exit")
+    p.add_argument("--results", default=defaults.results)
+    p.add_argument("--doc", default=defaults.doc)
+    return p
+
+
+def reproduce_main(argv: list[str] | None = None, command: str = "dynasr-reproduce") -> int:
+    """Run the reproduction matrix (or list it, or only rebuild the report) in the current directory, which
+    must be the repository root. `command` is how the report names this command; 1 when a run failed."""
+    args = reproduce_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if args.list:
+        for name, config, seed in reproduction.run_matrix():
+            print(f"{name:28s} {config}.yaml seed {seed}")
+        return 0
+    names = {f.name for f in dataclasses.fields(reproduction.ReproduceOptions)}
+    opts = reproduction.ReproduceOptions(**{k: v for k, v in vars(args).items() if k in names})
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        record, failed = reproduction.reproduce(opts, command=f"{command} {' '.join(argv)}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {opts.results} and {opts.doc} ({len(record['runs'])} runs)")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; logs in {opts.output_dir}/", file=sys.stderr)
+        return 1
+    return 0
