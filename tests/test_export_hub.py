@@ -5,7 +5,6 @@ Real tiny models and real safetensors files; the Hub is a stdlib fake on 127.0.0
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,18 +18,13 @@ import pytest
 import torch
 
 from fake_hub import FakeHub
+from hf_dynasr.evaluation.cli import evaluate_main
+from hf_dynasr.export.cli import push_main
 from tiny_supernet import supernet  # noqa: F401  (a fixture)
 from tiny_supernet import tiny_features as _features
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_TESTsecretTOKEN0123456789abcdef"
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- fixtures (module scope: the expensive artefacts are built once) -------------------------------------
@@ -151,7 +145,7 @@ def test_latency_table_and_script_guard(supernet, tmp_path):
     table = latency_table(path, runs=1, duration_s=0.5, save=str(target))
     assert set(json.loads(target.read_text())["sizes"]) == {"small", "mid", "full"}
     assert all(row["latency_ms"] > 0 for row in table["sizes"].values())
-    assert _load_script("evaluate").main(["--checkpoint", str(path)]) == 2  # needs --data or --latency-table
+    assert evaluate_main(["--checkpoint", str(path)]) == 2  # needs --data or --latency-table
 
 
 # --- export ----------------------------------------------------------------------------------------------
@@ -293,8 +287,8 @@ def test_push_dry_run_lists_files_without_network(export, capsys):
     out, _ = export
     with FakeHub() as hub:
         report = push_to_hub(out, "org/asr", dry_run=True, token=TOKEN, endpoint=hub.url)
-        assert _load_script("push_to_hub").main(["--checkpoint", str(out), "--repo", "org/asr", "--dry-run",
-                                                 "--token", TOKEN, "--endpoint", hub.url]) == 0
+        assert push_main(["--checkpoint", str(out), "--repo", "org/asr", "--dry-run",
+                          "--token", TOKEN, "--endpoint", hub.url]) == 0
         assert hub.requests == []
     assert [(r["repo_id"], r["revision"]) for r in report] == [("org/asr", None), ("org/asr-mid", None),
                                                                ("org/asr-small", None)]
@@ -316,7 +310,7 @@ def test_push_offline_is_immediate_and_clear(export, capsys):
     start = time.perf_counter()
     with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
         push_to_hub(out, "org/asr", token=TOKEN)
-    assert _load_script("push_to_hub").main(["--checkpoint", str(out), "--repo", "org/asr", "--token", TOKEN]) == 1
+    assert push_main(["--checkpoint", str(out), "--repo", "org/asr", "--token", TOKEN]) == 1
     assert time.perf_counter() - start < 10
     printed = capsys.readouterr()
     assert "HF_HUB_OFFLINE" in printed.err and "--dry-run" in printed.err

@@ -28,6 +28,7 @@ from hf_dynasr.lm import (
     read_transcriptions,
 )
 from hf_dynasr.data import DEFAULT_VOCAB, build_tokenizer
+from hf_dynasr.lm.cli import build_lm_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HAS_FLASHLIGHT = importlib.util.find_spec("flashlight") is not None and \
@@ -45,13 +46,6 @@ SENTENCES = [
     "today is a good day", "it's a good day for the park", "they don't like rain", "rain fell on the park",
     "the bird sang a song", "a song for the cat",
 ]
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- synthetic CTC logits ---------------------------------------------------------------------------------
@@ -178,13 +172,12 @@ def test_transcriptions_from_corpus_use_the_train_split(tmp_path):
 
 
 def test_build_lm_script(text_file, tmp_path, capsys):
-    script = _load_script("build_lm")
-    assert script.main(["--text", str(text_file), "--order", "2", "--output_dir", str(tmp_path / "lm"),
+    assert build_lm_main(["--text", str(text_file), "--order", "2", "--output_dir", str(tmp_path / "lm"),
                         "--tool", "python", "--lm_weight", "0.7"]) == 0
     assert "2-gram LM (python" in capsys.readouterr().out
     config = json.loads((tmp_path / "lm" / CONFIG_FILE).read_text())
     assert config["decoding"]["lm_weight"] == 0.7 and config["order"] == 2
-    assert script.main(["--text", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "x")]) == 2
+    assert build_lm_main(["--text", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
