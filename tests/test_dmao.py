@@ -1,4 +1,4 @@
-"""DMAO grow-and-drop (hf_dynasr/dmao.py) on a tiny real Conformer with AdamW and CTC training steps."""
+"""DMAO grow-and-drop (hf_dynasr.dmao, paper 3) on a tiny real Conformer with AdamW and CTC training steps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""E-Branchformer blocks (`block_type="ebranchformer"`, issue 5): spec, extraction, padding, costs and DMAO."""
+"""E-Branchformer blocks (`block_type="ebranchformer"`, paper 3's TED-LIUM model): spec, extraction, padding,
+costs and DMAO."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""DynaSRForCTC: subnets, extraction, save/load, padding, gates and input validation (issue 2)."""
+"""DynaSRForCTC: subnets, extraction, save/load, padding, gates and input validation."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Property tests (issue 8): random architecture specs and masks on tiny models.
+"""Property tests: random architecture specs and masks on tiny models.
 
 - extraction equals the masked forward (<= 1e-4) and has exactly the recorded size;
 - DynaSRConfig to_dict / from_dict (and JSON) round-trips;

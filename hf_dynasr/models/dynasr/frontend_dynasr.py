@@ -25,8 +25,8 @@ def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # x 
 
 
 class DynaSRVGGFrontend(nn.Module):
-    """The papers' VGG4LayerActFrontendV1 (i6_models; the frontend of papers 1-3): convs of 32, 64, 64, 32 channels (3x3, ReLU)
-    with a (2, 1) max-pool over time after the first and second, then a linear layer to d."""
+    """The papers' VGG4LayerActFrontendV1 (i6_models; the frontend of papers 1-3): convs of 32, 64, 64, 32
+    channels (3x3, ReLU) with a (2, 1) max-pool over time after the first and second, then a linear layer to d."""
 
     def __init__(self, config):
         super().__init__()

@@ -129,6 +129,7 @@ class GatedModule(nn.Module):
         paper 3's utilisation score: `view(param)` and `view(param.grad)` have the units along dim 0."""
         raise NotImplementedError
 
+
 class DynaSRFeedForward(GatedModule):
     """LN -> Linear(d, H) -> SiLU -> dropout -> Linear(H, d) -> dropout. Units: the H hidden units."""
 

@@ -116,7 +116,8 @@ class SafetensorsReader:
         Positioned reads (`os.preadv`) go straight into the preallocated result: whole rows for a slice on
         dim 0, runs of columns within each kept row for a slice on dim 1. No memory map: slicing the columns
         of a mapped tensor touches (and counts in RSS) every page of it, so a small size's peak RSS would
-        follow the supernet's weights, not its own. Any other slice (dims >= 2) reads the kept rows a few MB at a time and selects."""
+        follow the supernet's weights, not its own. Any other slice (dims >= 2) reads the kept rows a few MB at
+        a time and selects."""
         header, path, fd = self._file(key)
         if key not in header:
             raise CheckpointFormatError(f"cannot read tensor '{key}' from {path}: not in the file")
