@@ -10,4 +10,4 @@ The same command as `dynasr-plot-architecture`; the code is `hf_dynasr.dmao.cli`
 from hf_dynasr.dmao.cli import plot_architecture_main
 
 if __name__ == "__main__":
-    plot_architecture_main()
+    raise SystemExit(plot_architecture_main())

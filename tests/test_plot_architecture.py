@@ -7,7 +7,7 @@ import os
 import pytest
 from conftest import REPO, train_in_process
 
-from hf_dynasr.dmao.cli import plot_architecture_main
+from hf_dynasr.dmao.cli import plot_architecture
 from hf_dynasr.dmao.report import unit_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +48,7 @@ def test_synthetic_run_dir_with_config(tmp_path):
     config = {"block_type": "ebranchformer", "ffn_chunk_size": 32, "cgmlp_chunk_size": 24}
     (tmp_path / "checkpoints" / "step_10" / "config.json").write_text(json.dumps({**config, "ffn_chunk_size": 1}))
     (tmp_path / "checkpoints" / "step_20" / "config.json").write_text(json.dumps(config))  # the latest wins
-    out = plot_architecture_main(["--run_dir", str(tmp_path)])
+    out = plot_architecture(["--run_dir", str(tmp_path)])
     assert out["png"] == str(tmp_path / "dmao_architecture.png") and out["unit_origin"] == "config"
     assert out["config"].endswith(os.path.join("step_20", "config.json"))
     _assert_png(out["png"])
@@ -68,7 +68,7 @@ def test_synthetic_run_dir_with_config(tmp_path):
 def test_events_file_without_config(tmp_path, capsys):
     events = tmp_path / "events.jsonl"
     _write_events(events, _events())
-    out = plot_architecture_main(["--events", str(events), "--output", str(tmp_path / "figs" / "arch.png")])
+    out = plot_architecture(["--events", str(events), "--output", str(tmp_path / "figs" / "arch.png")])
     assert out["unit_origin"] == "events" and out["unit_sizes"] == {"mhsa": 1, "ffn1": 32, "cgmlp": 24, "ffn2": 32}
     _assert_png(tmp_path / "figs" / "arch.png")
     assert "inferred from the events" in (tmp_path / "figs" / "arch.md").read_text()
@@ -76,17 +76,17 @@ def test_events_file_without_config(tmp_path, capsys):
     # without "sources" either, sizes are raw (hidden units / heads / channels)
     bare = [{k: v for k, v in e.items() if k != "sources"} for e in _events()]
     _write_events(events, bare)
-    out = plot_architecture_main(["--events", str(events)])
+    out = plot_architecture(["--events", str(events)])
     assert out["unit_origin"] == "raw" and out["before"][0] == [128, 128, 128]
     _assert_png(tmp_path / "events_architecture.png")
 
 
 def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match="no DMAO events file"):
-        plot_architecture_main(["--run_dir", str(tmp_path)])
+        plot_architecture(["--run_dir", str(tmp_path)])
     (tmp_path / "dmao_events.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(SystemExit, match="lacks \\['after', 'before'\\]"):
-        plot_architecture_main(["--run_dir", str(tmp_path)])
+        plot_architecture(["--run_dir", str(tmp_path)])
 
 
 def test_real_tiny_dmao_run(smoke_corpus, tmp_path):
@@ -100,7 +100,7 @@ def test_real_tiny_dmao_run(smoke_corpus, tmp_path):
                "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data", f"audiofolder:{smoke_corpus}",
                "--max_steps", "6", "--save_steps", "0", "--max_eval_utterances", "2", "--max_batch_seconds", "8",
                "--dmao", json.dumps({"events": [0.3], "update_every": 1}), "--model", json.dumps(model)])
-    out = plot_architecture_main(["--run_dir", str(run)])
+    out = plot_architecture(["--run_dir", str(run)])
     assert out["config"] == str(run / "final" / "config.json") and out["unit_origin"] == "config"
     assert out["unit_sizes"] == {"mhsa": 1, "ffn1": 24, "conv": 12, "ffn2": 24}
     final = json.loads((run / "final" / "config.json").read_text())["architecture_spec"]

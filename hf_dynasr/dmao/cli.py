@@ -41,7 +41,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def plot_architecture_main(argv=None) -> dict:
+def plot_architecture(argv=None) -> dict:
     """Write the figure and summary of a run's DMAO events, print the summary; returns
     `hf_dynasr.dmao.report.architecture_report`'s result."""
     args = parse_args(argv)
@@ -55,5 +55,11 @@ def plot_architecture_main(argv=None) -> dict:
     return result
 
 
+def plot_architecture_main(argv=None) -> int:
+    """The `dynasr-plot-architecture` command: exit status 0 on success."""
+    plot_architecture(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    plot_architecture_main()
+    sys.exit(plot_architecture_main())
