@@ -13,6 +13,7 @@ from hf_dynasr.selection import (
     METHODS,
     IterativeZeroOutSelector,
     OrthoSoftmaxSelector,
+    SelectionConfig,
     SimpleTopKSelector,
     build_selector,
     orthogonality_penalty,
@@ -31,22 +32,20 @@ TOTAL_STEPS = 20  # stage 1 = 12 steps
 
 @pytest.fixture(scope="module")
 def supernets():
-    """Per granularity: (config, initial weights, component costs) — costs are measured once."""
+    """Per granularity: (config, the initial model, component costs) — costs are measured once."""
     out = {}
     for granularity in ("module", "component"):
         config = DynaSRConfig(granularity=granularity, **TINY)
         torch.manual_seed(0)
         model = DynaSRForCTC(config)
-        out[granularity] = (config, copy.deepcopy(model.state_dict()), model.component_costs())
+        out[granularity] = (config, model, model.component_costs())
     return out
 
 
 def fresh_model(supernets, granularity):
-    config, state, costs = supernets[granularity]
-    model = DynaSRForCTC(copy.deepcopy(config))
-    model.load_state_dict(state)
-    model._costs = costs  # same config => same costs; skip re-measuring FLOPs
-    return model
+    """A copy of the initial model; the copy keeps the measured costs (no FLOPs measured again)."""
+    _, model, _ = supernets[granularity]
+    return copy.deepcopy(model)
 
 
 def batch():
@@ -277,5 +276,33 @@ def test_schedules_are_fractions_of_the_run(supernets):
                                     first_iteration_fraction=0.5)
     assert zero.iteration_ends == [30, 40, 50, 60]
     ortho = OrthoSoftmaxSelector(costs, {"small": 0.45}, total_steps=100)
-    assert ortho._tau_at(60) == pytest.approx(2.0 * 0.999992**439_200)  # the paper's LBS stage-1 end value
+    assert ortho.tau_at(60) == pytest.approx(2.0 * 0.999992**439_200)  # the paper's LBS stage-1 end value
     assert ortho.orth_scale(30) == pytest.approx(0.5) and ortho.orth_scale(60) == 1.0
+
+
+# --- the typed selection options ----------------------------------------------------------------------------
+def test_selection_config_defaults_method_options_and_validation():
+    config = SelectionConfig.from_dict(None)
+    assert (config.method, config.criterion, config.stage1_fraction, config.loss_weight, config.layerdrop_stage1,
+            config.layerdrop_stage2, config.method_options) == ("ortho_softmax", "params", 0.6, "paper1", 0.0, 0.1, {})
+    config = SelectionConfig.from_dict({"method": "simple_top_k", "stage1_fraction": 0.4, "k_min": 3})
+    assert config.stage1_fraction == 0.4 and config.method_options == {"k_min": 3} and config.learns_masks
+    assert config.allowed_keys() == ("method", "criterion", "stage1_fraction", "loss_weight", "layerdrop_stage1",
+                                     "layerdrop_stage2", *SimpleTopKSelector.DEFAULTS)
+    with pytest.raises(ValueError, match=r"unknown selection option\(s\) \['tau0'\] for method 'simple_top_k'; "
+                                         r"allowed keys: method, criterion, .*, init_score, anneal_step"):
+        SelectionConfig.from_dict({"method": "simple_top_k", "tau0": 1.0})
+    with pytest.raises(ValueError, match=r"\['num_iterations'\] for method 'fixed'; allowed keys: method, .*, "
+                                         r"layerdrop_stage2$"):
+        SelectionConfig.from_dict({"method": "fixed", "num_iterations": 4})
+    bad = {"method": "simple_top_k, iterative_zero_out, ortho_softmax, fixed", "criterion": "params, flops",
+           "loss_weight": "paper1, focal"}
+    for key, allowed in bad.items():
+        with pytest.raises(ValueError, match=f"unknown selection.{key} 'x'; allowed: {allowed}"):
+            SelectionConfig(**{key: "x"})
+    for value in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=r"stage1_fraction must be in \(0, 1\]"):
+            SelectionConfig(stage1_fraction=value)
+    with pytest.raises(ValueError, match=r"selection.layerdrop_stage2 must be in \[0, 1\)"):
+        SelectionConfig(layerdrop_stage2=1.0)
+    assert not SelectionConfig(method="fixed").learns_masks

@@ -1,4 +1,4 @@
-"""The interface every subnet-selection method implements (methods.md A.1-A.3).
+"""The interface every subnet-selection method implements (papers 1 and 2: two-stage supernet training).
 
 A selector owns the learnable selection scores (``nn.Parameter``s, optimised together with the model) and
 the schedule state (persistent buffers, so ``load_state_dict`` resumes stage 1 exactly). It never touches
@@ -6,7 +6,7 @@ the model: it hands out soft gates over the component index (``model(component_g
 regulariser to add to the loss, the components LayerDrop should hit on the full path, and at the stage
 boundary one nested binary mask per size for ``model.add_subnet(name, components=mask)``.
 
-Steps are 0-based: steps ``0 .. stage1_steps() - 1`` are stage 1 (methods.md A.1: ~60% of the updates).
+Steps are 0-based: steps ``0 .. stage1_steps() - 1`` are stage 1 (papers 1 and 2: ~60% of the updates).
 Call order per training step ``t``: ``gates(name, t)`` / ``regularizer(name, t)`` / ``layerdrop_components(t)``,
 backward, optimizer step, then ``end_of_step(t)`` exactly once. The selector counts the steps itself and
 refuses a ``gates``/``regularizer`` call for another step than the one it is at, so a forgotten
@@ -28,10 +28,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from hf_dynasr.models.dynasr import FULL
 from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
-from hf_dynasr.models.dynasr.costs_dynasr import ComponentCosts
+from hf_dynasr.models.dynasr.costs_dynasr import COST_CRITERIA, ComponentCosts
 
-CRITERIA = ("params", "flops")
+CRITERIA = COST_CRITERIA  # the cost criteria a size target may use
+#: share of the training steps spent in stage 1 (papers 1 and 2 train 60 % of the updates in stage 1)
+DEFAULT_STAGE1_FRACTION = 0.6
+
+
+def check_stage1_fraction(value) -> None:
+    """A ValueError unless `value` is a share of the training steps in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"stage1_fraction must be in (0, 1]; got {value!r}")
 
 
 class SubnetSelector(nn.Module, abc.ABC):
@@ -43,7 +52,7 @@ class SubnetSelector(nn.Module, abc.ABC):
             `{"small": 0.35, "mid": 0.67}`. The full net is implicit and must not be listed.
         criterion: `"params"` or `"flops"` (which cost vector of `costs` budgets refer to).
         total_steps: optimizer steps of the whole run (stage 1 + stage 2); all schedules are fractions of it.
-        stage1_fraction: share of `total_steps` spent in stage 1 (default 0.6, methods.md A.1).
+        stage1_fraction: share of `total_steps` spent in stage 1 (default 0.6, as in papers 1 and 2).
         index: the model's `ComponentIndex` (optional; only checked against `costs` and used for names).
         **method_kwargs: the method's own options, see `DEFAULTS` of each subclass.
     """
@@ -58,9 +67,9 @@ class SubnetSelector(nn.Module, abc.ABC):
         costs: ComponentCosts,
         sizes: dict[str, float],
         *,
-        criterion: str = "params",
+        criterion: str = CRITERIA[0],
         total_steps: int,
-        stage1_fraction: float = 0.6,
+        stage1_fraction: float = DEFAULT_STAGE1_FRACTION,
         index: ComponentIndex | None = None,
         **method_kwargs,
     ):
@@ -78,8 +87,7 @@ class SubnetSelector(nn.Module, abc.ABC):
             raise ValueError(f"index has {len(index)} components but costs describe {len(comp_costs)}")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer; got {total_steps!r}")
-        if not 0.0 < float(stage1_fraction) <= 1.0:
-            raise ValueError(f"stage1_fraction must be in (0, 1]; got {stage1_fraction!r}")
+        check_stage1_fraction(stage1_fraction)
         unknown = sorted(set(method_kwargs) - set(self.DEFAULTS))
         if unknown:
             raise ValueError(
@@ -110,8 +118,8 @@ class SubnetSelector(nn.Module, abc.ABC):
         out = {}
         min_fraction = self.rest_cost / self.total_cost
         for name, fraction in sizes.items():
-            if not isinstance(name, str) or not name or name == "full":
-                raise ValueError(f"size names must be non-empty strings other than 'full'; got {name!r}")
+            if not isinstance(name, str) or not name or name == FULL:
+                raise ValueError(f"size names must be non-empty strings other than '{FULL}'; got {name!r}")
             if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
                 raise ValueError(
                     f"size '{name}' has fraction {fraction!r}; fractions must lie in the open interval (0, 1) "
@@ -162,9 +170,9 @@ class SubnetSelector(nn.Module, abc.ABC):
     def _prefix_length(self, order: Sequence[int], fraction: float, mode: str) -> int:
         """How many leading components of `order` a size of `fraction` keeps (always >= 1).
 
-        `"floor"`: the largest prefix whose cost fits the budget (A.2: top-m that fit). Its kept cost is at
+        `"floor"`: the largest prefix whose cost fits the budget (paper 1: top-m that fit). Its kept cost is at
         most the target and less than one component below it.
-        `"nearest"`: the prefix whose cost is closest to the budget, ties to the shorter one (A.3's K(p)
+        `"nearest"`: the prefix whose cost is closest to the budget, ties to the shorter one (paper 2's K(p)
         formula on hard costs). Its kept cost is within half a component of the target.
         Both are non-decreasing in `fraction`, so prefixes of one order are nested."""
         target = fraction * self.total_cost
@@ -204,8 +212,8 @@ class SubnetSelector(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def layerdrop_components(self, step: int) -> torch.Tensor:
-        """[N] bool: the components the smallest subnet currently drops (A.1: LayerDrop on the full path
-        hits exactly these)."""
+        """[N] bool: the components the smallest subnet currently drops (papers 1 and 2: LayerDrop on the
+        whole network's path hits exactly these)."""
 
     @abc.abstractmethod
     def final_masks(self) -> dict[str, list[int]]:

@@ -1,4 +1,4 @@
-"""Iterative-Zero-Out (paper 1, Xu et al. Interspeech 2024; methods.md A.2).
+"""Iterative-Zero-Out, paper 1 (Xu et al., Interspeech 2024, arXiv:2407.18930).
 
 Sigmoid gates on learnable scores, a sparsity loss toward a stepwise target, and at the end of every
 iteration the lowest-scored components have their score overwritten with a large negative value; after
@@ -16,7 +16,7 @@ from hf_dynasr.selection.base import SubnetSelector
 class IterativeZeroOutSelector(SubnetSelector):
     """Iterative-Zero-Out with cost-aware budgets.
 
-    Options (`method_kwargs`), with the paper values (methods.md A.2):
+    Options (`method_kwargs`), with the values of paper 1 and its published configs:
         init_score (10.0): initial score, gate sigmoid(10) ~ 1 [code] (an identity variant starts at 1.0).
         zero_value (-5.0): score written into a zeroed component (sigmoid ~ 0.0067); it stays trainable [code].
         sparsity_weight (5.0): weight of the sparsity loss [code].
@@ -26,14 +26,14 @@ class IterativeZeroOutSelector(SubnetSelector):
             the rest evenly. Paper: LBS equal iterations (None); TED a longer first one, e.g. 63,000 of
             210,000 steps = 0.3 for {24,48}, 42,000 / 218,400 ~ 0.19 for {16,32,48}.
 
-    Schedule (A.2, expressed in cost): let Z be the cost that must be removed for the smallest size to fit
+    Schedule (paper 1, expressed in cost): let Z be the cost that must be removed for the smallest size to fit
     (prunable cost - (p_min * total - rest)). Iteration i (0-based) targets the zeroed cost
     Z_i = (i + 1) / num_iterations * Z; at its end the lowest-scored not-yet-zeroed components are zeroed
     (score <- zero_value, lower id first on ties) until the zeroed cost reaches Z_i. The last iteration
     ends with the last stage-1 step, so the smallest size's budget is reached exactly then. With equal
     costs this is the paper's count schedule (e.g. LBS: 2, 4, ..., 32 of 48 modules).
 
-    Sparsity loss (A.2, cost-weighted generalisation): `w * |sum_j c_j (1 - sigmoid(s_j)) / C_prunable - rho_i|`
+    Sparsity loss (paper 1, cost-weighted generalisation): `w * |sum_j c_j (1 - sigmoid(s_j)) / C_prunable - rho_i|`
     with rho_i = Z_i / C_prunable of the current iteration. With equal costs it is the paper's
     `|(N - sum_j sigmoid(s_j)) / N - rho_i|`.
 
@@ -42,7 +42,7 @@ class IterativeZeroOutSelector(SubnetSelector):
     size's own CTC head) and the sparsity loss is the same for all sizes. The larger sizes are read off the
     same ranking at the end.
 
-    Final masks (A.2): global ranking by score (zeroed components last unless they recovered); size p keeps
+    Final masks (paper 1): global ranking by score (zeroed components last unless they recovered); size p keeps
     the top-m components, m the largest count whose cost fits its target => nested.
     """
 
@@ -126,7 +126,7 @@ class IterativeZeroOutSelector(SubnetSelector):
         return float(self.hparams["sparsity_weight"]) * (self.sparsity() - self.target_sparsity()).abs()
 
     def layerdrop_components(self, step: int) -> torch.Tensor:
-        return self.zeroed.clone()  # A.2: LayerDrop on the modules already zeroed out
+        return self.zeroed.clone()  # paper 1: LayerDrop on the modules already zeroed out
 
     def final_masks(self) -> dict[str, list[int]]:
         return self._masks_from_order(self._ranking(self.scores), "floor")

@@ -1,4 +1,4 @@
-"""OrthoSoftmax (paper 2, Xu et al. ICASSP 2025; methods.md A.3).
+"""OrthoSoftmax, paper 2 (Xu et al., ICASSP 2025, arXiv:2501.18895).
 
 An N x N score matrix whose rows, after a temperature-annealed softmax, each pick one component; a
 cost-aware prefix of the rows forms each size's soft mask, and an orthogonality penalty drives the used
@@ -17,7 +17,7 @@ NORMS = ("L2", "L2_sqrt", "L1")
 
 
 def orthogonality_penalty(rows: torch.Tensor, norm: str = "L2") -> torch.Tensor:
-    """Penalty on the Gram matrix G = R R^T of the used rows R [K, N] (A.3).
+    """Penalty on the Gram matrix G = R R^T of the used rows R [K, N] (paper 2).
 
     `"L2"`: `sum_{i<j} G_ij^2 + sum_i (G_ii - 1)^2`; zero exactly when the rows are distinct one-hot rows
     (for rows of a softmax). `"L2_sqrt"`: its square root; `"L1"`: absolute values instead of squares."""
@@ -37,7 +37,7 @@ def orthogonality_penalty(rows: torch.Tensor, norm: str = "L2") -> torch.Tensor:
 class OrthoSoftmaxSelector(SubnetSelector):
     """OrthoSoftmax with cost-aware prefix lengths (params or FLOPs via `costs.of(criterion)`).
 
-    Options (`method_kwargs`), with the paper values (methods.md A.3):
+    Options (`method_kwargs`), with the values of paper 2 and its published configs:
         init_score (0.0): constant initial score of every entry. Paper: float32 `tiny` (~1e-38), i.e. 0.
         init_noise (0.01): std of a fixed, seeded perturbation added to the initial scores. Departure: with
             a constant init all used rows receive identical gradients (CTC and penalty are symmetric in the
@@ -57,13 +57,13 @@ class OrthoSoftmaxSelector(SubnetSelector):
             stage 1. Paper: the whole stage 1 (225k of 225k TED; 366k or 439.2k on LBS).
         orth_norm ("L2"): "L2" (paper configs), "L2_sqrt" or "L1" (code options).
 
-    Stage 1 (A.3): `P = softmax(S / tau, dim=1)`; for size p, `K(p) = argmin_k |sum_{i<=k} sum_j P_ij c_j
+    Stage 1 (paper 2): `P = softmax(S / tau, dim=1)`; for size p, `K(p) = argmin_k |sum_{i<=k} sum_j P_ij c_j
     + C_rest - p C_tot| + 1`; soft mask `m = sum_{i<=K} P_i,:`, clamped to [0, 1] (departure: the code
     does not clamp; a column sum above 1 only occurs while two rows pick the same component, and a gate
     above 1 would amplify it). Regulariser: warm-up weight x penalty on `P_{1:K}`. The size to train is
     drawn by the caller (paper: uniformly from the non-full sizes).
 
-    Final masks (A.3 with a documented completion): the rows are read in order and row i picks
+    Final masks (paper 2 with a documented completion): the rows are read in order and row i picks
     `argmax_j S_ij` among the components not picked by an earlier row (lower id first on ties). When the
     penalty has converged the argmaxes are already distinct and this is the paper's
     `{argmax_j P_ij : i <= K(p)}`. Where argmaxes collide, the later row takes its best distinct component
@@ -105,10 +105,11 @@ class OrthoSoftmaxSelector(SubnetSelector):
         init += float(hp["init_noise"]) * torch.randn(n, n, generator=generator)
         self.scores = nn.Parameter(init)
         #: current temperature (persistent schedule state)
-        self.register_buffer("tau", torch.tensor(self._tau_at(0), dtype=torch.float32))
+        self.register_buffer("tau", torch.tensor(self.tau_at(0), dtype=torch.float32))
 
     # --- schedule ---------------------------------------------------------------------------------
-    def _tau_at(self, t: int) -> float:
+    def tau_at(self, t: int) -> float:
+        """The temperature at step t (a fraction of stage 1 when `tau_decay_reference_steps` is set)."""
         hp = self.hparams
         ref = hp["tau_decay_reference_steps"]
         exponent = t if ref is None else t * ref / self.stage1_steps()
@@ -121,7 +122,7 @@ class OrthoSoftmaxSelector(SubnetSelector):
         return float(self.hparams["orth_weight"]) * min(1.0, t / warmup)
 
     def _update(self, next_step: int) -> None:
-        self.tau.fill_(self._tau_at(next_step))
+        self.tau.fill_(self.tau_at(next_step))
 
     # --- core -------------------------------------------------------------------------------------
     def probabilities(self) -> torch.Tensor:
@@ -129,7 +130,7 @@ class OrthoSoftmaxSelector(SubnetSelector):
         return torch.softmax(self.scores / self.tau, dim=1)
 
     def prefix_length(self, probs: torch.Tensor, fraction: float) -> int:
-        """K(p) of A.3 on the soft rows (expected cost per row), ties to the shorter prefix."""
+        """K(p) of paper 2 on the soft rows (expected cost per row), ties to the shorter prefix."""
         expected = probs.detach() @ self.cost_fraction  # [N] expected cost share of each row
         cum = torch.cumsum(expected, dim=0) + self.rest_cost / self.total_cost
         return int(torch.argmin((cum - fraction).abs())) + 1

@@ -1,4 +1,4 @@
-"""Simple-Top-k (paper 1, Xu et al. Interspeech 2024; methods.md A.2).
+"""Simple-Top-k, paper 1 (Xu et al., Interspeech 2024, arXiv:2407.18930).
 
 One learnable score per component; a soft top-k relaxation of the scores gates the stage-1 subnet while k
 is annealed from N - r down to k_min; after stage 1 every size keeps the top-scored components that fit its
@@ -21,7 +21,7 @@ EPSILON = float(np.finfo(np.float32).tiny)  # the author code's epsilon inside l
 def soft_top_k(scores: torch.Tensor, k: int, *, temperature: float = 1.0, eps: float = EPSILON) -> torch.Tensor:
     """Relaxed k-hot vector of `scores` [N]: in [0, 1] and summing to k, differentiable.
 
-    The subset-operator relaxation of A.2 (Xie & Ermon 2019; the author code links the UvA DL top-k
+    The subset-operator relaxation of paper 1 (Xie & Ermon 2019; the author code links the UvA DL top-k
     notebook), repeated k times: `s <- s + log(max(1 - a, eps)); a = softmax(s / temperature); khot += a`.
 
     Departure (needed for gates in [0, 1]): that iteration alone sums to k but can exceed 1 when the
@@ -64,7 +64,7 @@ def cap_at_one(khot: torch.Tensor, k: int) -> torch.Tensor:
 class SimpleTopKSelector(SubnetSelector):
     """Simple-Top-k with cost-aware sizes.
 
-    Options (`method_kwargs`), with the paper values (methods.md A.2):
+    Options (`method_kwargs`), with the values of paper 1 and its published configs:
         init_score (0.5): initial score of every component [code].
         anneal_step (1): r, components removed from k per annealing iteration. Paper: r = 1 (LBS, and TED
             with 4 sizes), r = 4 (TED with 2 or 3 sizes).
@@ -76,7 +76,7 @@ class SimpleTopKSelector(SubnetSelector):
         temperature (1.0): softmax temperature inside the relaxation. Paper: the LBS config carries a
             Gumbel temperature schedule but the code never applies it, i.e. effectively 1 and no noise.
 
-    Schedule (A.2): `k(t) = max(N - r - floor(t / T_iter) * r, k_min)` with `T_iter = stage1_steps /
+    Schedule (paper 1): `k(t) = max(N - r - floor(t / T_iter) * r, k_min)` with `T_iter = stage1_steps /
     ceil((N - k_min) / r)`, so k reaches k_min in the last annealing iteration of stage 1 (the paper's
     T_iter, e.g. 14,640 steps on LBS, is exactly this for its run length). If stage 1 has fewer steps than
     iterations, k is set to k_min at the last stage-1 step.
@@ -86,7 +86,7 @@ class SimpleTopKSelector(SubnetSelector):
     p's budget under the current ranking. So every size starts near the full net, the annealed k shrinks
     all of them, and each size stops at its own cost-aware count; the smallest follows k(t) to k_min.
 
-    Final masks (A.2): size p keeps the top-m components by raw score, m the largest count whose cost fits
+    Final masks (paper 1): size p keeps the top-m components by raw score, m the largest count whose cost fits
     its target; one global ranking, so the sizes are nested. Ties in scores go to the lower id.
     """
 
@@ -139,7 +139,7 @@ class SimpleTopKSelector(SubnetSelector):
             return soft
         hard = torch.zeros_like(soft)
         hard[torch.tensor(ranking[:k], dtype=torch.long, device=soft.device)] = 1.0
-        return hard + (soft - soft.detach())  # forward: hard top-k; backward: soft k-hot (A.2, LBS)
+        return hard + (soft - soft.detach())  # forward: hard top-k; backward: soft k-hot (paper 1, LBS)
 
     def regularizer(self, name: str, step: int) -> torch.Tensor:
         self._check_name(name)
@@ -148,7 +148,7 @@ class SimpleTopKSelector(SubnetSelector):
 
     def layerdrop_components(self, step: int) -> torch.Tensor:
         ranking = self._ranking(self.scores)
-        k = self._k_for(self.smallest, ranking)  # A.2: LayerDrop on the N - k currently lowest
+        k = self._k_for(self.smallest, ranking)  # paper 1: LayerDrop on the N - k currently lowest
         drop = torch.zeros(self.num_components, dtype=torch.bool, device=self.scores.device)
         drop[torch.tensor(ranking[k:], dtype=torch.long, device=drop.device)] = True
         return drop
