@@ -103,19 +103,16 @@ def run_train(args, *, launcher=None, env=None, check=True):
 
 
 def train_in_process(args):
-    """Run training/train.py's main() in this interpreter (no start-up cost); resets accelerate's state after."""
-    import importlib.util
-    import sys
-
+    """Run `hf_dynasr.trainer.main` in this interpreter (no start-up cost); resets accelerate's state after."""
     from accelerate.state import AcceleratorState
 
-    spec = importlib.util.spec_from_file_location("hf_dynasr_train_script", os.path.join(REPO, "training", "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    from hf_dynasr.trainer import main
+
     try:
-        module.main([str(a) for a in args])
+        main([str(a) for a in args])
     finally:
+        # accelerate keeps its state in process-wide singletons and offers no public reset; its own test
+        # cases (accelerate.test_utils.AccelerateTestCase) reset them this way between runs
         AcceleratorState._reset_state(True)
 
 

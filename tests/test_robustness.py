@@ -1,103 +1,42 @@
-"""Reliability and safety (issue 8): kill and resume, bad inputs, non-finite steps, safe loading.
+"""Reliability and safety: kill and resume, bad inputs, non-finite steps, safe loading.
 
-Training runs call training/train.py's `main()` in a forked child process of this test process: a real
-process that the test hooks can SIGKILL (HF_DYNASR_TEST_KILL_AT, see train.py), without paying the ~10 s
-of imports of a fresh interpreter for each of the eleven runs. The corpus is 16 training utterances.
-The matrix of bad inputs and the test behind each row: docs/robustness.md.
+Training runs call `hf_dynasr.trainer.main()` in a forked child process of this test process
+(tests/fault_injection.py): a real process that a callback (`Faults`) can SIGKILL, without the imports of a
+fresh interpreter for each of the eleven runs. The corpus is 16 training utterances. The matrix of bad inputs
+and the test behind each row: docs/robustness.md.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import json
-import logging
 import os
 import shutil
-import sys
-import time
-import traceback
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, make_model, mismatched_copy
+from fault_injection import Faults, train
 from safetensors.torch import load_file
 
-TRAIN_PY = os.path.join(REPO, "training", "train.py")
+from hf_dynasr.trainer.nonfinite import grads_finite
+
 SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
 MODEL = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
          "conv_kernel_size": 15, "frontend_type": "conv2d4x", "frontend_channels": 16, "hidden_dropout": 0.0,
          "activation_dropout": 0.0, "attention_dropout": 0.0, "reference_duration_s": 2.0}
 
 
-
-# --- running train.py in a forked child ------------------------------------------------------------------
-
-
-def _train_module():
-    name = "_hf_dynasr_train_script"
-    if name not in sys.modules:  # registered before exec: train.py's dataclass looks its module up
-        spec = importlib.util.spec_from_file_location(name, TRAIN_PY)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-def train(args, log, env=None, timeout=300):
-    """Run train.main(args) in a forked child; -> (exit code, log text). A SIGKILLed child gives -9."""
-    module = _train_module()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            sys.stdout = sys.stderr = open(log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                                format="%(levelname)s %(name)s: %(message)s")
-            torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
-            from accelerate.state import AcceleratorState, GradientState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
-            os.environ.update(env or {})
-            try:
-                module.main([str(a) for a in args])
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-                if not isinstance(exit_.code, int) and exit_.code is not None:
-                    print(exit_.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"train.py did not finish in {timeout} s:\n{open(log).read()[-3000:]}")
-        time.sleep(0.05)
-    with open(log, encoding="utf-8") as f:
-        return os.waitstatus_to_exitcode(status), f.read()
-
-
-def run_ok(args, log, env=None):
-    code, text = train(args, log, env)
+def run_ok(args, log, faults=None):
+    code, text = train(args, log, faults)
     assert code == 0, f"train.py failed ({code}):\n{text[-4000:]}"
     return text
 
 
-def run_killed(args, log, env):
-    code, text = train(args, log, env)
+def run_killed(args, log, faults):
+    code, text = train(args, log, faults)
     assert code == -9, f"expected a SIGKILL, got exit code {code}:\n{text[-4000:]}"
     return text
 
@@ -146,14 +85,14 @@ def _tree_digest(folder):
 
 # --- 1. kill and resume ----------------------------------------------------------------------------------
 
-NAN_AT = {"HF_DYNASR_TEST_NAN_AT": "loss:1,grad:3"}  # one NaN loss at step 1, one NaN gradient at step 3
+NAN_AT = {"nan_loss": {1: 1}, "nan_grad": {3: 1}}  # one NaN loss at step 1, one NaN gradient at step 3
 
 
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory):
     """An uninterrupted 8-step run that meets a NaN loss and a NaN gradient (both skipped)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    log = run_ok([*_common(corpus), "--output_dir", out], out.parent / "log.txt", NAN_AT)
+    log = run_ok([*_common(corpus), "--output_dir", out], out.parent / "log.txt", Faults(**NAN_AT))
     return out, log
 
 
@@ -173,7 +112,7 @@ def test_kill_between_and_during_checkpoints_resumes_bitwise(corpus, reference, 
     args = [*_common(corpus), "--output_dir", out]
     ckpts = out / "checkpoints"
     # killed while writing checkpoint 4: step_2 stays complete and identical to the uninterrupted run's
-    run_killed(args, tmp_path / "log1.txt", {**NAN_AT, "HF_DYNASR_TEST_KILL_AT": "checkpoint:4"})
+    run_killed(args, tmp_path / "log1.txt", Faults(**NAN_AT, kill_in_checkpoint=4))
     assert sorted(os.listdir(ckpts)) == [".tmp-step_4", "step_2"]
     assert (ckpts / ".tmp-step_4" / "trainer_state.json").is_file()  # complete, only the rename was missing
     assert _tree_digest(ckpts / "step_2") == _tree_digest(ref / "checkpoints" / "step_2")
@@ -182,20 +121,20 @@ def test_kill_between_and_during_checkpoints_resumes_bitwise(corpus, reference, 
     assert resolve_checkpoint(str(ckpts), "latest") == str(ckpts / "step_2")
     # resumed, then killed between checkpoints (after update 5)
     log = run_killed([*args, "--resume_from_checkpoint", "latest"], tmp_path / "log2.txt",
-                     {**NAN_AT, "HF_DYNASR_TEST_KILL_AT": "step:5"})
+                     Faults(**NAN_AT, kill_after_step=5))
     assert "at step 2" in log
     assert sorted(os.listdir(ckpts)) == ["step_2", "step_4"]  # the stale .tmp-step_4 was replaced
-    log = run_ok([*args, "--resume_from_checkpoint", "latest"], tmp_path / "log3.txt", NAN_AT)
+    log = run_ok([*args, "--resume_from_checkpoint", "latest"], tmp_path / "log3.txt", Faults(**NAN_AT))
     assert "at step 4" in log
     _weights_equal(ref / "final", out / "final")
     assert _results(out)["nonfinite_steps_skipped"] == 2  # the counter survives the resume
 
 
-def _kill_resume_matches(corpus, tmp_path, extra, kill_at, resumed_at):
+def _kill_resume_matches(corpus, tmp_path, extra, kill, resumed_at):
     args = _common(corpus, *extra)
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_ok([*args, "--output_dir", ref], tmp_path / "ref.txt")
-    run_killed([*args, "--output_dir", out], tmp_path / "kill.txt", {"HF_DYNASR_TEST_KILL_AT": kill_at})
+    run_killed([*args, "--output_dir", out], tmp_path / "kill.txt", kill)
     log = run_ok([*args, "--output_dir", out, "--resume_from_checkpoint", "latest"], tmp_path / "resume.txt")
     assert f"at step {resumed_at}" in log
     _weights_equal(ref / "final", out / "final")
@@ -206,7 +145,8 @@ def test_kill_and_resume_with_dmao_reshape(corpus, tmp_path):
     """Killed after the reshape at step 2 (events [0.3] of 8 steps); resumed from the reshaped checkpoint 2."""
     model = json.dumps({**MODEL, "conv_granularity": "chunk"})
     dmao = json.dumps({"events": [0.3], "update_every": 1})
-    ref, out = _kill_resume_matches(corpus, tmp_path, ["--model", model, "--dmao", dmao], "step:3", 2)
+    ref, out = _kill_resume_matches(corpus, tmp_path, ["--model", model, "--dmao", dmao],
+                                    Faults(kill_after_step=3), 2)
     config = json.loads((ref / "final" / "config.json").read_text())
     assert config["architecture_spec"] != [{"ffn1": 96, "mhsa": 4, "conv": 48, "ffn2": 96}] * 2  # it reshaped
     assert config == json.loads((out / "final" / "config.json").read_text())
@@ -216,7 +156,7 @@ def test_kill_and_resume_across_the_stage_boundary(corpus, tmp_path):
     """Supernet: killed while writing checkpoint 4 (the stage boundary), resumed in stage 1 from step 2."""
     extra = ["--model", json.dumps(MODEL), "--subnets", json.dumps({"small": 0.5, "mid": 0.75}),
              "--selection", json.dumps({"method": "ortho_softmax", "criterion": "flops", "stage1_fraction": 0.5})]
-    ref, out = _kill_resume_matches(corpus, tmp_path, extra, "checkpoint:4", 2)
+    ref, out = _kill_resume_matches(corpus, tmp_path, extra, Faults(kill_in_checkpoint=4), 2)
     a = json.loads((ref / "final" / "config.json").read_text())["subnets"]
     assert a == json.loads((out / "final" / "config.json").read_text())["subnets"]
 
@@ -250,7 +190,6 @@ def test_k_nonfinite_steps_in_a_row_stop_and_detect_anomaly_names_the_module(cor
 def test_gradient_check_with_and_without_clipping(features):
     from accelerate import Accelerator
 
-    grads_finite = _train_module().grads_finite
     accelerator = Accelerator(cpu=True)
     model = make_model()
     x, mask = features

@@ -1,4 +1,4 @@
-"""Supernet training end to end (issue 4): every method and granularity gives a checkpoint whose every size
+"""Supernet training end to end: every method and granularity gives a checkpoint whose every size
 loads by name and transcribes; budgets hold; resume in stage 1, at the boundary and in stage 2 is exact."""
 
 import json

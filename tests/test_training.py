@@ -1,7 +1,10 @@
-"""training/train.py end to end on a real synthesized corpus: learning, 2-process DDP, resume, bad input."""
+"""training/train.py end to end on a real synthesized corpus: learning, 2-process DDP, resume, bad input; the
+options of every config in training/configs/."""
 
+import glob
 import json
 import os
+import random
 import shutil
 import sys
 
@@ -9,6 +12,11 @@ import pytest
 import torch
 from conftest import REPO, run_train
 from safetensors.torch import load_file
+
+from hf_dynasr.dmao import DMAOConfig
+from hf_dynasr.selection import METHODS, SelectionConfig
+from hf_dynasr.trainer import TrainArgs, parse_args
+from hf_dynasr.trainer.supernet_step import plan_step, step_rng, step_seed
 
 SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
 DDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -172,3 +180,46 @@ def test_training_survives_bad_examples(smoke_corpus, tmp_path, case):
         if expected == "missing_audio":
             assert first[0] in str(report["examples"][expected])
     assert header.startswith("file_name")
+
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "training", "configs", "**", "*.yaml"), recursive=True))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(REPO, "training", "configs")))
+def test_every_config_parses_into_typed_options(path):
+    args = parse_args(["--config", path])
+    assert isinstance(args, TrainArgs)
+    selection = args.selection_config()
+    assert isinstance(selection, SelectionConfig)
+    assert set(args.selection) <= set(selection.allowed_keys())
+    if args.subnets:
+        assert selection.method in METHODS
+    assert (args.dmao_config() is None) == (not args.dmao)
+    if args.dmao:
+        assert isinstance(args.dmao_config(), DMAOConfig)
+
+
+def test_bad_selection_and_dmao_options_are_refused_with_the_allowed_keys(monkeypatch):
+    smoke = ["--config", SMOKE]
+    with pytest.raises(SystemExit, match=r"error: selection: unknown selection option\(s\) \['tauO'\] for method "
+                                         r"'ortho_softmax'; allowed keys: method, criterion, .*, tau0"):
+        parse_args([*smoke, "--selection", '{"method": "ortho_softmax", "tauO": 1.0}'])
+    with pytest.raises(SystemExit, match="error: selection: unknown selection.method 'lottery'; allowed: simple_top_k, "
+                                         "iterative_zero_out, ortho_softmax, fixed"):
+        parse_args([*smoke, "--selection", '{"method": "lottery"}'])
+    with pytest.raises(SystemExit, match=r"error: dmao: rho must be in \(0, 1\)"):
+        parse_args([*smoke, "--dmao", '{"rho": 2.0}'])
+    # hf_dynasr.trainer.main() without arguments (the dynasr-train command) reads the command line
+    monkeypatch.setattr(sys, "argv", ["dynasr-train", *smoke, "--max_steps", "3"])
+    assert parse_args().max_steps == 3
+
+
+def test_one_per_step_seed_formula():
+    """step_seed is the one formula behind the subnet draws, LayerDrop and each batch's torch seed; its values
+    must never change (resumed runs are compared bitwise with uninterrupted ones)."""
+    assert step_seed(0, 7) == 7 and step_seed(3, 5) == 3 * 1_000_003 + 5
+    assert step_rng(3, 5).random() == random.Random(3 * 1_000_003 + 5).random()
+    sizes = ["a", "b", "c", "d"]
+    for step in range(20):  # stage 2: the third net is drawn by step_rng(seed, step)
+        middle = sizes[1 + random.Random(3 * 1_000_003 + step).randrange(3)]
+        assert [r.subnet for r in plan_step(step, sizes, stage1_steps=0, seed=3)] == ["full", "a", middle]

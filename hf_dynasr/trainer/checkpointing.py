@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 
 from hf_dynasr.json_io import write_json
 
@@ -42,13 +43,13 @@ def resolve_checkpoint(checkpoint_dir: str, spec: str) -> str:
 
 
 def save_checkpoint(accelerator, checkpoint_dir: str, step: int, state: dict, config, keep_last: int,
-                    before_rename=None) -> str:
+                    before_rename: Callable[[str], None] | None = None) -> str:
     """Atomically write checkpoint `step_<step>` and keep only the newest `keep_last`. Call on all ranks.
 
     A failure while writing (a full disk, a kill) never touches the previous checkpoints: the temporary
     folder is removed and the error re-raised; ENOSPC becomes `OSError(ENOSPC, "disk full while writing
-    checkpoint <folder> ...")`. `before_rename()`, if given, runs on the main process once everything is in
-    the temporary folder (a test hook: train.py's HF_DYNASR_TEST_KILL_AT=checkpoint:N kills the run there).
+    checkpoint <folder> ...")`. `before_rename(folder)`, if given, runs on the main process once everything is
+    in the temporary folder (`TrainerCallback.on_checkpoint_written`).
     """
     final = os.path.join(checkpoint_dir, f"step_{step}")
     tmp = os.path.join(checkpoint_dir, f".tmp-step_{step}")
@@ -63,7 +64,7 @@ def save_checkpoint(accelerator, checkpoint_dir: str, step: int, state: dict, co
             config.to_json_file(os.path.join(tmp, "config.json"))
             write_json(os.path.join(tmp, "trainer_state.json"), state)
             if before_rename is not None:
-                before_rename()
+                before_rename(tmp)
     except Exception as err:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,13 +1,15 @@
 """The papers' one-cycle learning-rate schedule, expressed in fractions of the total steps.
 
-methods.md B: linear from peak/100 to the peak over the first ~45 % of training, linearly back down to
-peak/100 over the next ~45 %, then linearly to 1e-8 over the last ~10 %. Fractions (not step counts) let a
-10-minute CPU run and a 30-epoch LibriSpeech run share the config keys.
+The authors' published training configs of papers 1-3 (arXiv:2407.18930, 2501.18895, 2506.13180): linear
+from peak/100 to the peak over the first ~45 % of training, linearly back down to peak/100 over the next
+~45 %, then linearly to 1e-8 over the last ~10 %. Fractions (not step counts) let a short CPU run and a
+30-epoch LibriSpeech run share the config keys.
 """
 
 from __future__ import annotations
 
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
 
 
 def one_cycle_lambda(total_steps: int, warmup_fraction: float = 0.45, decay_fraction: float = 0.45,
@@ -39,8 +41,6 @@ def build_scheduler(optimizer, name: str, total_steps: int, warmup_fraction: flo
     updates far below the peak (demo_cpu.yaml)."""
     if name == "one_cycle":
         return LambdaLR(optimizer, one_cycle_lambda(total_steps, warmup_fraction, decay_fraction))
-    from transformers import get_scheduler
-
     warmup = round(total_steps * warmup_fraction)
     extra = None
     if name == "warmup_stable_decay":

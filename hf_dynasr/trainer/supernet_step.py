@@ -1,46 +1,59 @@
-"""Which nets a supernet training step runs, and with which gates and loss weights (methods.md A.1).
+"""One supernet training step: which nets it runs, with which gates and loss weights, and their summed loss.
 
-Stage 1 (the first `stage1_fraction` of steps): the full net plus one soft-gated subnet, its size drawn
-from the step and the seed (so every process draws the same). At the boundary the selector's masks are
-frozen into `config.subnets`. Stage 2 (sandwich rule): the largest net, the smallest subnet and, with
-more than two subnets, one random middle size, each with its binary mask and its own CTC head.
-LayerDrop on the full net's path drops, per sequence, exactly the components the smallest subnet drops.
+Two-stage training of papers 1 (arXiv:2407.18930) and 2 (arXiv:2501.18895). Stage 1 (the first
+`stage1_fraction` of steps): the whole network plus one soft-gated subnet, its size drawn from the step and
+the seed (so every process draws the same). At the boundary the selector's masks are frozen into
+`config.subnets` (`freeze_masks`). Stage 2 (sandwich rule): the whole network, the smallest subnet and, with
+more than two subnets, one random middle size, each with its binary mask and its own CTC head. LayerDrop on
+the whole network's path drops, per sequence, exactly the components the smallest subnet drops.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
 
 import torch
 
-LOSS_WEIGHTS = ("paper1", "focal")
+from hf_dynasr.models.dynasr import FULL
+from hf_dynasr.models.dynasr.frontend_dynasr import frame_mask, subsampled_lengths
+from hf_dynasr.selection import LOSS_WEIGHTS, SelectionConfig
+
+logger = logging.getLogger("hf_dynasr.train")
 
 
 @dataclass
 class NetRun:
-    """One forward of a training step: `subnet` None = full net; `gates` soft gates or None."""
+    """One forward of a training step: `subnet` a size name or `FULL`; `gates` soft gates or None."""
 
-    subnet: str | None
+    subnet: str
     gates: torch.Tensor | None = None
     soft: bool = False  # True in stage 1: gates come from the selector and carry its gradient
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of every per-step random draw (the stage's sizes, LayerDrop, a batch's dropout and
+    SpecAugment): a function of the run's seed and the position only, so every process and a resumed run
+    draw exactly what the uninterrupted run drew."""
+    return seed * 1_000_003 + step
+
+
 def step_rng(seed: int, step: int) -> random.Random:
     """The same random choices on every process: derived from (seed, step) only."""
-    return random.Random(seed * 1_000_003 + step)
+    return random.Random(step_seed(seed, step))
 
 
 def plan_step(step: int, sizes: list[str], *, stage1_steps: int, seed: int, selector=None) -> list[NetRun]:
-    """Nets to run at `step`. `sizes` are ordered smallest first; the full net is implicit."""
+    """Nets to run at `step`. `sizes` are ordered smallest first; the whole network always runs first."""
     if not sizes:
-        return [NetRun(None)]
+        return [NetRun(FULL)]
     rng = step_rng(seed, step)
     if selector is not None and step < stage1_steps:
         name = sizes[rng.randrange(len(sizes))]
-        return [NetRun(None), NetRun(name, selector.gates(name, step), soft=True)]
-    runs = [NetRun(None), NetRun(sizes[0])]
+        return [NetRun(FULL), NetRun(name, selector.gates(name, step), soft=True)]
+    runs = [NetRun(FULL), NetRun(sizes[0])]
     if len(sizes) == 2:
         runs.append(NetRun(sizes[1]))
     elif len(sizes) > 2:
@@ -49,7 +62,7 @@ def plan_step(step: int, sizes: list[str], *, stage1_steps: int, seed: int, sele
 
 
 def subnet_loss_weight(loss: torch.Tensor, kind: str) -> torch.Tensor | float:
-    """paper 1: 0.3 for every subnet; paper 2: the focal weight 1 - exp(-L), not detached (A.1)."""
+    """paper 1: 0.3 for every subnet; paper 2: the focal weight 1 - exp(-L), not detached."""
     if kind == "paper1":
         return 0.3
     if kind == "focal":
@@ -59,11 +72,72 @@ def subnet_loss_weight(loss: torch.Tensor, kind: str) -> torch.Tensor | float:
 
 def layerdrop_gates(drop: torch.Tensor, rate: float, batch: int, generator: torch.Generator) -> torch.Tensor | None:
     """[B, N] gates: each component in `drop` ([N] bool) is zeroed per sequence with probability `rate`,
-    and kept ones are scaled by 1 / (1 - rate) (stochastic depth, row mode, methods.md A.1)."""
+    and kept ones are scaled by 1 / (1 - rate) (stochastic depth, row mode, as in papers 1 and 2)."""
     if rate <= 0 or not bool(drop.any()):
         return None
     keep = (torch.rand(batch, drop.numel(), generator=generator) >= rate).float() / (1.0 - rate)
     return torch.where(drop[None, :], keep, torch.ones_like(keep))
+
+
+def supernet_loss(model, unwrapped, batch, runs: list[NetRun], step: int, *, sizes: list[str],
+                  selection: SelectionConfig, seed: int, selector=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of the weighted CTC losses of this step's nets plus the selector's regulariser, and each net's loss
+    for logging (`loss/full`, `loss/<size>`, `loss/regularizer`). `model` may be DDP-wrapped, `unwrapped` is
+    the bare model; `sizes` are the size names, smallest first."""
+    generator = torch.Generator().manual_seed(step_seed(seed, step))  # LayerDrop: a function of the step
+    total, losses = 0.0, {}
+    stage1 = any(run.soft for run in runs)
+    drop_rate = selection.layerdrop_stage1 if stage1 else selection.layerdrop_stage2
+    for i, run in enumerate(runs):
+        gates = run.gates
+        if run.subnet == FULL and selector is not None:
+            drop = selector.layerdrop_components(step) if stage1 else ~unwrapped.subnet_mask(sizes[0])
+            gates = layerdrop_gates(drop, drop_rate, batch["input_features"].shape[0], generator)
+        if i == 0:  # the first net computes the frontend output, the others start from it (shared_frontend)
+            out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
+                        labels=batch["labels"], subnet=run.subnet, component_gates=gates, output_hidden_states=True)
+            embeds, embeds_mask = shared_frontend(out, batch["attention_mask"])
+        else:
+            out = model(inputs_embeds=embeds, attention_mask=embeds_mask, labels=batch["labels"], subnet=run.subnet,
+                        component_gates=gates)
+        weight = 1.0 if run.subnet == FULL else subnet_loss_weight(out.loss, selection.loss_weight)
+        total = total + weight * out.loss
+        losses[f"loss/{run.subnet}"] = float(out.loss.detach())
+        if run.soft:
+            reg = selector.regularizer(run.subnet, step)
+            total = total + reg
+            losses["loss/regularizer"] = float(reg.detach())
+    return total + anchor_unused_heads(unwrapped, {r.subnet for r in runs}), losses
+
+
+def shared_frontend(out, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frontend output of a forward pass ([B, T', d], `hidden_states[0]`) and its frame mask [B, T'].
+
+    Every net of a step reads the same batch, and the frontend is outside every size's mask, so all nets start
+    from one frontend output: its forward and backward then run once per step instead of once per net. Same
+    gradients; SpecAugment, if on, is drawn once per batch, as in the papers' RETURNN pipeline, where
+    augmentation is part of the data and every net of the step sees the same."""
+    embeds = out.hidden_states[0]
+    lengths = subsampled_lengths(attention_mask.long().sum(-1))
+    return embeds, frame_mask(lengths, embeds.shape[1])
+
+
+def anchor_unused_heads(unwrapped, used) -> torch.Tensor:
+    """0 * (heads not run this step): DDP then sees every parameter used without find_unused_parameters,
+    which would cost an extra traversal of the autograd graph every step. Gradients stay exactly zero."""
+    anchor = 0.0
+    for name, head in unwrapped.subnet_heads.items():
+        if name not in used:
+            anchor = anchor + 0.0 * (head.weight.sum() + head.bias.sum())
+    return anchor
+
+
+def freeze_masks(unwrapped, selector, sizes: dict[str, float], criterion: str) -> None:
+    """Stage boundary: the selector's nested binary masks become config.subnets (same on every rank)."""
+    for name, ids in selector.final_masks().items():
+        entry = unwrapped.add_subnet(name, components=ids, criterion=criterion, target=sizes[name])
+        logger.info("subnet %s: %d components, %s params, %s FLOPs", name, len(ids),
+                    f"{entry['num_parameters']:,}", f"{entry['flops']:,}")
 
 
 def size_fractions(subnets: dict, costs, default_criterion: str) -> tuple[dict[str, float], str]:
@@ -83,8 +157,8 @@ def size_fractions(subnets: dict, costs, default_criterion: str) -> tuple[dict[s
         fraction = value if value <= 1 else value / total
         if not 0 < fraction < 1:
             raise ValueError(
-                f"subnets.{name}: target {value:g} is {fraction:.3f} of the full net's {criterion} ({total:,}); "
-                "a subnet must be smaller than the full net and larger than 0"
+                f"subnets.{name}: target {value:g} is {fraction:.3f} of the whole network's {criterion} "
+                f"({total:,}); a subnet must be smaller than the whole network and larger than 0"
             )
         fractions[name] = fraction
     if len(criteria) > 1:

@@ -1,0 +1,206 @@
+"""The training loop: epochs of batches; per batch the supernet step (plan, forward, backward, update); after
+each update the selector's schedule, DMAO, logging, evaluation and checkpoints.
+
+    state = resume(run)                        # step 0, or where a checkpoint left off
+    TrainingLoop(run, state, callbacks).train()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_dynasr.json_io import read_json
+from hf_dynasr.models.dynasr import FULL
+from hf_dynasr.trainer.anomaly import AnomalyDetector
+from hf_dynasr.trainer.callbacks import TrainerCallback
+from hf_dynasr.trainer.checkpointing import save_checkpoint
+from hf_dynasr.trainer.nonfinite import NonFiniteCounter, grads_finite, loss_finite
+from hf_dynasr.trainer.reports import check_same_choice, run_eval
+from hf_dynasr.trainer.setup import Run, prepare_again
+from hf_dynasr.trainer.supernet_step import freeze_masks, plan_step, step_seed, supernet_loss
+
+logger = logging.getLogger("hf_dynasr.train")
+
+
+@dataclass
+class LoopState:
+    """Where the run stands. `step`: optimizer updates done; `batches_in_epoch`: batches of `epoch` consumed."""
+
+    nonfinite: NonFiniteCounter
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    history: list = field(default_factory=list)  # the logged records
+    choices: list = field(default_factory=list)  # per batch: the nets each process ran (check_same_choice)
+    audio_seconds: float = 0.0
+    start_time: float = field(default_factory=time.time)
+
+    def trainer_state(self) -> dict:
+        """What a checkpoint's trainer_state.json records."""
+        return {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+                "nonfinite_steps_skipped": self.nonfinite.total}
+
+
+def resume(run: Run) -> LoopState:
+    """A fresh state, or the one of `run.resume_dir` after loading its weights, optimizer, scheduler, RNG states,
+    selector and DMAO (the loop then skips the batches of the epoch that were already consumed)."""
+    state = LoopState(NonFiniteCounter(run.args.max_nonfinite_steps))
+    if run.resume_dir:
+        run.accelerator.load_state(run.resume_dir)
+        saved = read_json(os.path.join(run.resume_dir, "trainer_state.json"))
+        state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
+        state.nonfinite.total = saved.get("nonfinite_steps_skipped", 0)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", run.resume_dir, state.step, state.epoch,
+                    state.batches_in_epoch)
+    return state
+
+
+class TrainingLoop:
+    """Runs `run` from `state` to `max_steps` updates (stage 1, the stage boundary, stage 2)."""
+
+    def __init__(self, run: Run, state: LoopState, callbacks: TrainerCallback):
+        self.run, self.state, self.callbacks = run, state, callbacks
+        self.anomaly = AnomalyDetector(run.unwrapped) if run.args.detect_anomaly else None
+        self.progress = None
+
+    def train(self) -> None:
+        run, state = self.run, self.state
+        self.progress = tqdm(total=run.args.max_steps, initial=state.step,
+                             disable=not run.accelerator.is_local_main_process, desc="train")
+        state.start_time = time.time()
+        while state.step < run.args.max_steps:
+            for batch in self.epoch_batches():
+                losses = self.train_batch(batch)
+                if losses is None or not run.accelerator.sync_gradients:
+                    continue  # skipped as non-finite, or more batches to accumulate
+                self.after_update(batch, losses)
+                if state.step >= run.args.max_steps:
+                    break
+            else:
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        self.progress.close()
+
+    def epoch_batches(self):
+        """The batches of the current epoch that are still to come."""
+        run, state = self.run, self.state
+        run.data.sampler.shuffle = not (run.args.sortagrad and state.epoch == 0)
+        run.data.sampler.set_epoch(state.epoch)
+        run.data.loader.set_epoch(state.epoch)
+        if state.batches_in_epoch:
+            return run.accelerator.skip_first_batches(run.data.loader, state.batches_in_epoch)
+        return run.data.loader
+
+    # --- one batch ----------------------------------------------------------------------------------------
+    def train_batch(self, batch) -> dict | None:
+        """Forward, backward and, at the last batch of an accumulation, the update. -> the nets' losses, or
+        None when the batch was skipped as non-finite (on every process alike)."""
+        run, state = self.run, self.state
+        state.batches_in_epoch += 1
+        if run.masks_pending() and state.step == run.stage1_steps:
+            freeze_masks(run.unwrapped, run.selector, run.sizes, run.criterion)
+        # every random draw of a batch (dropout, SpecAugment) is a function of (seed, position in the data,
+        # process): a resumed run draws exactly what the uninterrupted one drew, whatever the loader consumed
+        micro_batch = state.epoch * 10_000_000 + state.batches_in_epoch
+        torch.manual_seed(step_seed(run.args.seed, micro_batch) * 1024 + run.accelerator.process_index)
+        with run.accelerator.accumulate(run.model):
+            loss, losses = self.forward(batch)
+            nonfinite = self.backward(loss)
+            if nonfinite is not None:
+                run.optimizer.zero_grad(set_to_none=True)
+                state.nonfinite.skip(state.step, nonfinite, losses, self.anomaly.report() if self.anomaly else None)
+                return None
+            state.nonfinite.finite()
+            self.update()
+        return losses
+
+    def forward(self, batch) -> tuple[torch.Tensor, dict]:
+        run, step = self.run, self.state.step
+        runs = plan_step(step, run.size_names, stage1_steps=run.stage1_steps, seed=run.args.seed,
+                         selector=run.selector)
+        self.state.choices.append(check_same_choice(run.accelerator, runs, run.size_names, step))
+        if self.anomaly is not None:
+            self.anomaly.reset()
+        loss, losses = supernet_loss(run.model, run.unwrapped, batch, runs, step, sizes=run.size_names,
+                                     selection=run.selection, seed=run.args.seed, selector=run.selector)
+        return self.callbacks.on_loss(step, loss), losses
+
+    def backward(self, loss: torch.Tensor) -> str | None:
+        """The backward pass; -> None, or what was not finite on some process ("loss" or "gradient"). A
+        non-finite loss still runs a backward (of 0 * loss): every rank's DDP must take part."""
+        run, accelerator = self.run, self.run.accelerator
+        if not loss_finite(accelerator, loss):
+            accelerator.backward(loss * 0.0)
+            return "loss"
+        accelerator.backward(loss)
+        for p in run.selector.parameters() if run.selector is not None else []:
+            if p.grad is not None:  # the scores are outside DDP: average their gradients by hand
+                p.grad = accelerator.reduce(p.grad, "mean")
+        if accelerator.sync_gradients:
+            self.callbacks.on_gradients(self.state.step, run.unwrapped)
+            if not grads_finite(accelerator, run.model, run.selector, run.args.max_grad_norm):
+                return "gradient"
+        return None
+
+    def update(self) -> None:
+        run = self.run
+        if run.dmao is not None and run.accelerator.sync_gradients:
+            run.dmao.observe(run.unwrapped, self.state.step)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    # --- after an update ----------------------------------------------------------------------------------
+    def after_update(self, batch, losses: dict) -> None:
+        run, state, args = self.run, self.state, self.run.args
+        if run.selector is not None and state.step < run.stage1_steps:
+            with torch.no_grad():
+                run.selector.end_of_step(state.step)
+        state.step += 1
+        state.audio_seconds += float(batch["attention_mask"].sum()) * 0.01 * run.accelerator.num_processes
+        self.progress.update(1)
+        self.progress.set_postfix(ctc_full=f"{losses[f'loss/{FULL}']:.3f}")
+        self.callbacks.on_step_end(state.step)
+        if run.dmao is not None and run.dmao.reshape_due(state.step):
+            self.reshape()
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            self.log(losses)
+        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+            run_eval(run.accelerator, run.unwrapped, run.data, state.step)
+        if args.save_steps and state.step % args.save_steps == 0:
+            self.checkpoint()
+
+    def reshape(self) -> None:
+        """A DMAO event (paper 3, arXiv:2506.13180): reshape the model, carry the optimizer state over, record
+        the event in dmao_events.jsonl; under DDP wrap the new parameters again."""
+        run, step = self.run, self.state.step
+        run.dmao.reduce_scores(run.accelerator)
+        report = run.dmao.reshape(run.unwrapped, run.optimizer, step=step)
+        if run.accelerator.is_main_process:
+            with open(os.path.join(run.args.output_dir, "dmao_events.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(report) + "\n")
+        if run.accelerator.num_processes > 1:
+            prepare_again(run)
+        if self.anomaly is not None:
+            self.anomaly.attach(run.unwrapped)  # the reshape replaced modules
+
+    def log(self, losses: dict) -> None:
+        run, state = self.run, self.state
+        record = {"step": state.step, "lr": run.scheduler.get_last_lr()[0], **losses,
+                  "audio_s_per_s": state.audio_seconds / max(1e-9, time.time() - state.start_time)}
+        if run.selector is not None:
+            record.update({f"selector/{k}": v for k, v in run.selector.describe(state.step).items()})
+        run.accelerator.log(record, step=state.step)
+        state.history.append(record)
+
+    def checkpoint(self) -> None:
+        run, step = self.run, self.state.step
+        save_checkpoint(run.accelerator, run.checkpoint_dir, step, self.state.trainer_state(), run.unwrapped.config,
+                        run.args.save_total_limit,
+                        before_rename=lambda folder: self.callbacks.on_checkpoint_written(step, folder))

@@ -1,0 +1,108 @@
+"""The options of a training run (`TrainArgs`) and how they are read: a YAML file (`--config`) gives the
+defaults, the command line overrides them (`parse_args`). `python training/train.py --help` lists them all."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, fields
+
+import yaml
+from transformers import HfArgumentParser
+
+from hf_dynasr.dmao import DMAOConfig
+from hf_dynasr.selection import SelectionConfig
+
+
+@dataclass
+class TrainArgs:
+    """All options. In YAML, give any of them as top-level keys."""
+
+    output_dir: str = field(default="runs/default", metadata={"help": "Run folder: checkpoints/, final/, logs."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow an output_dir holding a previous run."})
+    train_data: str = field(default="audiofolder:data/demo_corpus", metadata={"help": "Loader spec of the training data."})
+    train_split: str = field(default="train", metadata={"help": "Split of train_data."})
+    eval_data: str | None = field(default=None, metadata={"help": "Loader spec for evaluation (default: train_data)."})
+    eval_split: str = field(default="dev", metadata={"help": "Split of eval_data."})
+    max_eval_utterances: int = field(default=200, metadata={"help": "Evaluate on at most this many utterances."})
+    min_duration_s: float = field(default=0.3, metadata={"help": "Drop shorter utterances (counted)."})
+    max_duration_s: float = field(default=20.0, metadata={"help": "Drop longer utterances (counted)."})
+    preprocessing_num_workers: int = field(default=1, metadata={"help": "Processes for feature extraction."})
+    model: dict | str | None = field(default=None, metadata={"help": "DynaSRConfig arguments (dict or JSON)."})
+    init_from: str | None = field(default=None, metadata={"help": "Start from this checkpoint's weights."})
+    subnets: dict | str | None = field(default=None, metadata={"help": "Sizes: name -> fraction, target or {target, criterion}."})
+    selection: dict | str | None = field(default=None, metadata={"help": "Supernet options (hf_dynasr.selection."
+                                                                  "SelectionConfig): {method, criterion, stage1_fraction, "
+                                                                  "loss_weight, layerdrop_stage1, layerdrop_stage2, "
+                                                                  "the method's own options}."})
+    dmao: dict | str | None = field(default=None, metadata={"help": "DMAO options (hf_dynasr.dmao.DMAOConfig); null = off."})
+    max_steps: int = field(default=100, metadata={"help": "Optimizer updates in total."})
+    max_batch_seconds: float = field(default=40.0, metadata={"help": "Audio seconds per batch per process."})
+    sortagrad: bool = field(default=False, metadata={"help": "First epoch in order of length, short first (SortaGrad, "
+                                                             "Deep Speech 2): CTC leaves its blank plateau sooner."})
+    learning_rate: float = field(default=4e-4, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (papers: 1e-3)."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon (papers: 1e-16)."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2 (0.98 adapts faster in short runs)."})
+    lr_scheduler: str = field(default="one_cycle", metadata={"help": "one_cycle (papers), warmup_stable_decay, or "
+                                                                    "another transformers scheduler name."})
+    warmup_fraction: float = field(default=0.45, metadata={"help": "Fraction of steps of the LR warm-up."})
+    decay_fraction: float = field(default=0.45, metadata={"help": "one_cycle / warmup_stable_decay: fraction of "
+                                                                 "steps of the decay."})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping (0 = off)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer update."})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16."})
+    spec_augment: bool = field(default=False, metadata={"help": "SpecAugment with the papers' values."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = off)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | all."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of init, data order and subnet choices."})
+    num_processes: int | None = field(default=None, metadata={"help": "Fail unless exactly this many processes run."})
+    max_nonfinite_steps: int = field(default=20, metadata={"help": "Stop after this many non-finite steps in a row."})
+    detect_anomaly: bool = field(default=False, metadata={"help": "Log the first module whose output is non-finite "
+                                                          "(forward hooks on every module; slower, for debugging)."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+
+    def selection_config(self) -> SelectionConfig:
+        """The typed `selection` options (defaults filled in; used only when `subnets` names sizes)."""
+        return SelectionConfig.from_dict(self.selection)
+
+    def dmao_config(self) -> DMAOConfig | None:
+        """The typed `dmao` options, or None when DMAO is off."""
+        return DMAOConfig(**self.dmao) if self.dmao else None
+
+
+def parse_args(argv=None) -> TrainArgs:
+    """YAML (--config) as defaults, command line on top (`argv`, default `sys.argv[1:]`); unknown YAML keys
+    and invalid `selection` / `dmao` options are an error (SystemExit with the message)."""
+    parser = HfArgumentParser(TrainArgs)
+    parser.add_argument("--config", default=None, help="YAML file with any of the options below.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        parser.set_defaults(**read_config(argv[i + 1]))
+        del argv[i : i + 2]
+    args = parser.parse_args_into_dataclasses(argv)[0]
+    for name in ("model", "subnets", "selection", "dmao"):
+        value = getattr(args, name)
+        setattr(args, name, json.loads(value) if isinstance(value, str) else (value or {}))
+    for name, check in (("selection", args.selection_config), ("dmao", args.dmao_config)):
+        try:
+            check()
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"error: {name}: {err}") from err
+    return args
+
+
+def read_config(path: str) -> dict:
+    """The options of a YAML file; unknown keys are an error."""
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    known = {f.name for f in fields(TrainArgs)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"error: unknown key(s) {unknown} in {path}; allowed keys: {', '.join(sorted(known))}")
+    return values

@@ -1,0 +1,35 @@
+"""`main`: a training run from options to final/, as eight numbered steps."""
+
+from __future__ import annotations
+
+from hf_dynasr.trainer.callbacks import CallbackList, TrainerCallback
+from hf_dynasr.trainer.final import finish, save_final
+from hf_dynasr.trainer.loop import TrainingLoop, resume
+from hf_dynasr.trainer.options import parse_args
+from hf_dynasr.trainer.setup import (build_accelerator, build_data, build_run, check_output_dir, make_output_dir,
+                                     prepare, start_tracking)
+
+
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> None:
+    """Train as `python training/train.py ARGS` does; `argv` defaults to `sys.argv[1:]`. `callbacks` watch or
+    alter the run (see `hf_dynasr.trainer.callbacks`)."""
+    # 1. options; an output folder holding a previous run only when resuming or overwriting it
+    args = parse_args(argv)
+    previous = check_output_dir(args)
+    # 2. accelerator (one process or DDP) and logging; a fresh output folder; every RNG seeded
+    accelerator = build_accelerator(args)
+    make_output_dir(args, accelerator, previous)
+    # 3. data: features and labels computed once (the main process first, the others read its cache)
+    data = build_data(args, accelerator)
+    # 4. model (its shape from the checkpoint when resuming), sizes, selector, DMAO
+    run = build_run(args, accelerator, data)
+    # 5. optimizer (model + selector scores), the schedule in fractions of max_steps; accelerate's prepare
+    prepare(run)
+    # 6. resume (weights, optimizer, scheduler, RNG, selector, DMAO, position in the data); trackers, run info
+    state = resume(run)
+    start_tracking(run)
+    # 7. the training loop: stage 1, the stage boundary (masks frozen), stage 2
+    TrainingLoop(run, state, CallbackList(callbacks)).train()
+    # 8. final evaluation; model, processor, selector scores and results in final/
+    save_final(run, state)
+    finish(accelerator)

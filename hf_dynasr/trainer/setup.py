@@ -1,0 +1,233 @@
+"""Setting up a training run: the output folder, the accelerator, the data, the model with its sizes, selector
+and DMAO, the optimizer and schedule, and accelerate's `prepare` (again after a DMAO reshape under DDP)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+
+from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
+from hf_dynasr.data.processing import build_processor
+from hf_dynasr.dmao import DMAO
+from hf_dynasr.json_io import write_json
+from hf_dynasr.models.dynasr import DynaSRConfig, DynaSRForCTC
+from hf_dynasr.selection import SelectionConfig, SubnetSelector, build_selector
+from hf_dynasr.trainer.checkpointing import resolve_checkpoint
+from hf_dynasr.trainer.options import TrainArgs
+from hf_dynasr.trainer.schedule import build_scheduler
+from hf_dynasr.trainer.supernet_step import size_fractions
+
+logger = logging.getLogger("hf_dynasr.train")
+
+
+@dataclass
+class TrainData:
+    """The prepared training and evaluation sets, and how batches are drawn from the training set."""
+
+    processor: object
+    train_ds: object
+    eval_ds: object
+    reports: dict  # {"train": FilterReport, "eval": FilterReport}
+    sampler: DurationBatchSampler
+    collator: DataCollatorCTCWithPadding
+    loader: DataLoader  # accelerate-prepared after `prepare`
+
+
+@dataclass
+class Run:
+    """Everything a training run works with. After `prepare`, `model`, `optimizer`, `scheduler` and
+    `data.loader` are accelerate's wrappers; `unwrapped` is always the bare model."""
+
+    args: TrainArgs
+    accelerator: Accelerator
+    data: TrainData
+    model: torch.nn.Module
+    unwrapped: DynaSRForCTC
+    sizes: dict[str, float]  # size name -> fraction of the criterion's total, smallest first
+    criterion: str
+    selection: SelectionConfig
+    selector: SubnetSelector | None
+    dmao: DMAO | None
+    resume_dir: str | None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object | None = None
+
+    @property
+    def size_names(self) -> list[str]:
+        return list(self.sizes)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return checkpoint_dir(self.args)
+
+    @property
+    def stage1_steps(self) -> int:
+        return self.selector.stage1_steps() if self.selector is not None else 0
+
+    def masks_pending(self) -> bool:
+        """Whether the selector's masks still have to be frozen into the config (stage boundary)."""
+        return self.selector is not None and not self.unwrapped.config.subnets[self.size_names[0]].get("components")
+
+
+def checkpoint_dir(args: TrainArgs) -> str:
+    return os.path.join(args.output_dir, "checkpoints")
+
+
+def check_output_dir(args: TrainArgs) -> bool:
+    """Whether output_dir holds a previous run; a SystemExit unless resuming or overwriting it."""
+    previous = os.path.isdir(args.output_dir) and bool(os.listdir(args.output_dir))
+    if previous and not args.resume_from_checkpoint and not args.overwrite_output_dir:
+        raise SystemExit(
+            f"error: {args.output_dir} holds a previous run; pass --resume_from_checkpoint latest to continue it "
+            "or --overwrite_output_dir to start over"
+        )
+    return previous
+
+
+def build_accelerator(args: TrainArgs) -> Accelerator:
+    """One process or DDP; logging set up; a SystemExit unless the requested number of processes joined."""
+    # CPU DDP (gloo) needs cpu=True. find_unused_parameters stays off: every step runs the whole network and
+    # unused heads are anchored (supernet_step.anchor_unused_heads), so DDP never waits for a gradient.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != world or (args.num_processes and accelerator.num_processes != args.num_processes):
+        raise SystemExit(
+            f"error: {accelerator.num_processes} process(es) joined the run but {args.num_processes or world} were "
+            "requested. On CPU use: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ... "
+            "(`--cpu --num_processes N` silently runs one process)"
+        )
+    return accelerator
+
+
+def make_output_dir(args: TrainArgs, accelerator: Accelerator, previous: bool) -> None:
+    """Empty output_dir when overwriting a previous run, create checkpoints/; then seed every RNG."""
+    if accelerator.is_main_process:
+        if previous and args.overwrite_output_dir and not args.resume_from_checkpoint:
+            shutil.rmtree(args.output_dir)
+        os.makedirs(checkpoint_dir(args), exist_ok=True)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+
+
+def build_data(args: TrainArgs, accelerator: Accelerator) -> TrainData:
+    """Features and labels computed once (the main process first, the others read its cache)."""
+    processor = build_processor()
+    tokenizer, feature_extractor = processor.tokenizer, processor.feature_extractor
+    with accelerator.main_process_first():
+        train_raw = load_speech_dataset(args.train_data, split=args.train_split)
+        train_ds, train_report = prepare_dataset(
+            train_raw, feature_extractor, tokenizer, min_duration_s=args.min_duration_s,
+            max_duration_s=args.max_duration_s, num_proc=args.preprocessing_num_workers)
+        eval_raw = load_speech_dataset(args.eval_data or args.train_data, split=args.eval_split)
+        if len(eval_raw) > args.max_eval_utterances:
+            eval_raw = eval_raw.select(range(args.max_eval_utterances))
+        eval_ds, eval_report = prepare_dataset(
+            eval_raw, feature_extractor, tokenizer, min_duration_s=0.0, max_duration_s=None,
+            num_proc=args.preprocessing_num_workers)
+    logger.info("train data: %s", train_report)
+    logger.info("eval data: %s", eval_report)
+    if len(train_ds) == 0:
+        raise SystemExit(f"error: no usable training utterance in {args.train_data}: {train_report}")
+    sampler = DurationBatchSampler.from_dataset(train_ds, args.max_batch_seconds, seed=args.seed)
+    collator = DataCollatorCTCWithPadding(feature_extractor)
+    loader = DataLoader(train_ds.with_format("numpy"), batch_sampler=sampler, collate_fn=collator,
+                        num_workers=args.dataloader_num_workers)
+    return TrainData(processor, train_ds, eval_ds, {"train": train_report, "eval": eval_report}, sampler, collator,
+                     loader)
+
+
+def build_run(args: TrainArgs, accelerator: Accelerator, data: TrainData) -> Run:
+    """The model (its shape from the checkpoint when resuming), its sizes, the selector and DMAO."""
+    resume_dir = resolve_checkpoint(checkpoint_dir(args), args.resume_from_checkpoint) \
+        if args.resume_from_checkpoint else None
+    selection = args.selection_config()
+    model, sizes, criterion = build_model(args, data.processor.tokenizer, resume_dir, selection.criterion)
+    selector = None
+    if sizes and selection.learns_masks:
+        selector = build_selector(selection.method, model.component_costs(), sizes, criterion=criterion,
+                                  total_steps=args.max_steps, stage1_fraction=selection.stage1_fraction,
+                                  index=model.component_index, **selection.method_options)
+        accelerator.register_for_checkpointing(selector)
+    dmao_config = args.dmao_config()
+    dmao = DMAO(model, dmao_config, total_steps=args.max_steps) if dmao_config else None
+    if dmao is not None:
+        accelerator.register_for_checkpointing(dmao)
+    return Run(args, accelerator, data, model, model, sizes, criterion, selection, selector, dmao, resume_dir)
+
+
+def build_model(args: TrainArgs, tokenizer, resume_dir: str | None, criterion: str):
+    """The model, its sizes (name -> fraction, smallest first) and the cost criterion of the sizes."""
+    if resume_dir:
+        model = DynaSRForCTC(DynaSRConfig.from_json_file(os.path.join(resume_dir, "config.json")))
+    elif args.init_from:
+        model = DynaSRForCTC.from_pretrained(args.init_from)
+    else:
+        model_kwargs = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args.model}
+        model = DynaSRForCTC(DynaSRConfig(**model_kwargs))
+    model.config.apply_spec_augment = args.spec_augment
+    if len(tokenizer) != model.config.vocab_size:
+        raise SystemExit(f"error: the tokenizer has {len(tokenizer)} labels but the model's vocab_size is "
+                         f"{model.config.vocab_size}")
+    sizes, criterion = size_fractions(args.subnets, model.component_costs(), criterion) if args.subnets \
+        else ({}, criterion)
+    for name, fraction in sizes.items():
+        if name not in model.config.subnets:
+            model.add_subnet(name, components=None, criterion=criterion, target=fraction)
+    return model, sizes, criterion
+
+
+def prepare(run: Run) -> None:
+    """The optimizer (model + selector scores) and the schedule in fractions of max_steps; accelerate's prepare."""
+    args = run.args
+    selector_params = list(run.selector.parameters()) if run.selector is not None else []
+    # fused: one kernel over all parameter tensors instead of a loop over them
+    optimizer = torch.optim.AdamW(
+        [{"params": run.model.parameters()}, {"params": selector_params, "weight_decay": 0.0}],
+        lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon, betas=(0.9, args.adam_beta2),
+        fused=run.accelerator.device.type in ("cpu", "cuda"))
+    scheduler = build_scheduler(optimizer, args.lr_scheduler, args.max_steps,
+                                warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction)
+    run.model, run.optimizer, run.data.loader, run.scheduler = run.accelerator.prepare(
+        run.model, optimizer, run.data.loader, scheduler)
+
+
+def prepare_again(run: Run) -> None:
+    """Wrap the reshaped model in a new DDP (DDP's buckets hold the old parameters) after a DMAO reshape.
+
+    accelerate keeps one entry per prepared object and `save_state` writes one file per entry, so its lists
+    are emptied (`free_memory`) and the same objects prepared again in the order of `prepare`: checkpoints
+    keep their layout (one model, one optimizer, one scheduler). The optimizer and the loader come back as
+    they are; the scheduler gets a new wrapper around the same schedule. `free_memory` also zeroes the
+    gradient-accumulation counter, which is put back."""
+    accelerator = run.accelerator
+    micro_steps = accelerator.step
+    accelerator.free_memory()
+    run.model, run.optimizer, run.data.loader, run.scheduler = accelerator.prepare(
+        run.unwrapped, run.optimizer, run.data.loader, run.scheduler.scheduler)
+    accelerator.step = micro_steps
+
+
+def start_tracking(run: Run) -> None:
+    """Main process: the trackers (--report_to), training_args.json and data_report.json in output_dir."""
+    if run.accelerator.is_main_process:
+        args = run.args
+        run.accelerator.init_trackers("hf_dynasr", config={k: str(v) for k, v in asdict(args).items()})
+        write_json(os.path.join(args.output_dir, "training_args.json"), asdict(args))
+        write_json(os.path.join(args.output_dir, "data_report.json"),
+                   {name: report.to_dict() for name, report in run.data.reports.items()})
