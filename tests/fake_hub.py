@@ -1,4 +1,5 @@
-"""A tiny stdlib fake of the Hugging Face Hub API for push tests (ecosystem.md section 6).
+"""A tiny stdlib fake of the Hugging Face Hub API for push tests: the endpoints huggingface_hub calls to create
+repos, branches and commits.
 
     with FakeHub() as hub:                      # 127.0.0.1, free port, server thread
         HfApi(endpoint=hub.url, token="x").create_repo("org/name")
