@@ -65,6 +65,9 @@ class TrainArgs:
     detect_anomaly: bool = field(default=False, metadata={"help": "Log the first module whose output is non-finite "
                                                           "(forward hooks on every module; slower, for debugging)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each encoder block's "
+                                                                  "activations in the backward pass: less memory "
+                                                                  "per batch, about one more forward per step."})
 
     def selection_config(self) -> SelectionConfig:
         """The typed `selection` options (defaults filled in; used only when `subnets` names sizes)."""

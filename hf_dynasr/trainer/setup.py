@@ -181,6 +181,8 @@ def build_model(args: TrainArgs, tokenizer, resume_dir: str | None, criterion: s
         model_kwargs = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args.model}
         model = DynaSRForCTC(DynaSRConfig(**model_kwargs))
     model.config.apply_spec_augment = args.spec_augment
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()  # transformers 5's name of gradient_checkpointing_enable
     if len(tokenizer) != model.config.vocab_size:
         raise SystemExit(f"error: the tokenizer has {len(tokenizer)} labels but the model's vocab_size is "
                          f"{model.config.vocab_size}")

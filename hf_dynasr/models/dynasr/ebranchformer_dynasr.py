@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .components_dynasr import RESIDUAL_SCALE, module_names
 from .modules_dynasr import MODULE_CLASSES, ModuleRoute, apply_module
@@ -47,8 +48,9 @@ class DynaSRBranchMerge(nn.Module):
         return self.dropout(self.linear(merged))
 
 
-class DynaSREBranchformerBlock(nn.Module):
-    """One E-Branchformer block; a module of size 0 in the architecture spec is absent (`None`)."""
+class DynaSREBranchformerBlock(GradientCheckpointingLayer):
+    """One E-Branchformer block; a module of size 0 in the architecture spec is absent (`None`). Checkpointed
+    like the Conformer block (`DynaSREncoderBlock`) under `gradient_checkpointing_enable()`."""
 
     def __init__(self, config, block_spec: dict):
         super().__init__()

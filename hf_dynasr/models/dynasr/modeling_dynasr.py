@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
 from .components_dynasr import MODULE_NAMES, RESIDUAL_SCALE, module_names
@@ -27,9 +28,13 @@ from .subnets_dynasr import FULL, SubnetMixin
 logger = logging.getLogger(__name__)
 
 
-class DynaSREncoderBlock(nn.Module):
+class DynaSREncoderBlock(GradientCheckpointingLayer):
     """One Conformer block: x += 0.5 FFN1(x); x += MHSA(x); x += Conv(x); x += 0.5 FFN2(x); LN(x).
-    A module of size 0 in the architecture spec is absent (`None`) and skipped."""
+    A module of size 0 in the architecture spec is absent (`None`) and skipped.
+
+    With `model.gradient_checkpointing_enable()` its activations are recomputed in the backward pass
+    (GradientCheckpointingLayer). transformers' default, the non-reentrant checkpoint, also carries the
+    gradient of tensors the block reads from `routes` (the soft gates of stage 1) and replays its dropout."""
 
     def __init__(self, config, block_spec: dict):
         super().__init__()
@@ -58,6 +63,7 @@ class DynaSRPreTrainedModel(PreTrainedModel):
     input_modalities = "audio"
     _no_split_modules = ["DynaSREncoderBlock", "DynaSREBranchformerBlock"]
     _supports_sdpa = False  # SDPA is called directly, not through the attention interface
+    supports_gradient_checkpointing = True  # the blocks are GradientCheckpointingLayers
 
     @torch.no_grad()
     def _init_weights(self, module):
