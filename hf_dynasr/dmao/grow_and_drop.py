@@ -111,8 +111,10 @@ class DMAO:
         if not any(_kind(c) in cfg.unit_kinds for c in self.index):
             present = sorted({_kind(c) for c in self.index})
             raise ValueError(f"unit_kinds={list(cfg.unit_kinds)} selects no unit of this model; it has {present}")
-        self._scores = torch.zeros(len(self.index))
-        self._seen = torch.zeros(len(self.index), dtype=torch.bool)
+        # the EMA scores are CPU bookkeeping: `_measure` brings each step's values to the CPU, the plan reads
+        # them as Python numbers, and `reduce_scores` moves them to the accelerator only for the all-reduce
+        self._scores = torch.zeros(len(self.index), device="cpu")
+        self._seen = torch.zeros(len(self.index), dtype=torch.bool, device="cpu")
 
     def _track(self, config) -> None:
         self._spec = _spec_copy(config.architecture_spec)
@@ -145,7 +147,7 @@ class DMAO:
                 comps = self.index.by_module.get((b, name), [])
                 if comps:
                     values.append(self._module_values(getattr(layer, name), len(comps)))
-        return torch.cat(values) if values else torch.zeros(0)
+        return torch.cat(values) if values else torch.zeros(0, device="cpu")  # CPU bookkeeping, see __init__
 
     def _module_values(self, module: nn.Module, num_units: int) -> torch.Tensor:
         """Utilisation of each unit of a module: the mean over its representative slice (the module class's
@@ -155,7 +157,7 @@ class DMAO:
         if self.cfg.score == "weight":
             value = weight.abs()
         elif param.grad is None:
-            return torch.full((num_units,), math.nan)
+            return torch.full((num_units,), math.nan, device="cpu")  # CPU bookkeeping, see __init__
         else:
             grad = view(param.grad.detach())
             value = grad.abs() if self.cfg.score == "grad" else (grad * weight).abs()
@@ -260,7 +262,8 @@ class DMAO:
 
     def _rebuild(self, model, sources, step) -> list[tuple]:
         """Replace every changed module; returns (old param, new param or None, slice) per old param."""
-        gen = torch.Generator().manual_seed(self.cfg.seed + (step or 0))
+        # growth noise is drawn on the CPU (the same on every device and process) and moved to the weights
+        gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed + (step or 0))
         swaps = []
         for (b, name), comps in sources.items():
             if comps == self.index.by_module[(b, name)]:

@@ -29,10 +29,11 @@ def rebuild_module(old: nn.Module, name: str, comps: list[Component], old_size: 
     Returns (new module, [(old param, new param or None, (dim, indices) or None)])."""
     if not comps:
         return None, [(p, None, None) for p in old.parameters()]
-    units = torch.tensor([u for c in comps for u in range(c.start, c.stop)], dtype=torch.long)
+    device = next(old.parameters()).device  # the indices live with the weights they select from
+    units = torch.tensor([u for c in comps for u in range(c.start, c.stop)], dtype=torch.long, device=device)
     new_size = units.numel()
     plan = MODULE_CLASSES[name].slice_plan(units, old_size, config)
-    copy_plan = _copy_positions(name, comps, new_size, config)
+    copy_plan = _copy_positions(name, comps, new_size, config, device)
     state, slices = {}, {}
     for pname, param in old.named_parameters():
         entry = plan.get(pname)
@@ -50,7 +51,7 @@ def rebuild_module(old: nn.Module, name: str, comps: list[Component], old_size: 
     return new, swaps
 
 
-def _copy_positions(name, comps, new_size, config) -> dict:
+def _copy_positions(name, comps, new_size, config, device) -> dict:
     """Per parameter: indices (in the new module) that belong to copies, for the growth noise."""
     seen, positions, start = set(), [], 0
     for comp in comps:
@@ -61,7 +62,7 @@ def _copy_positions(name, comps, new_size, config) -> dict:
         start += width
     if not positions:
         return {}
-    plan = MODULE_CLASSES[name].slice_plan(torch.tensor(positions, dtype=torch.long), new_size, config)
+    plan = MODULE_CLASSES[name].slice_plan(torch.tensor(positions, dtype=torch.long, device=device), new_size, config)
     return {pname: entry[1] for pname, entry in plan.items()}
 
 
@@ -79,7 +80,7 @@ def _slice_param(tensor, entry, init, noise_std, copy_idx, gen) -> torch.Tensor:
     if noise_std > 0 and copy_idx is not None:
         shape = list(out.shape)
         shape[dim] = copy_idx.numel()
-        noise = torch.randn(shape, generator=gen) * noise_std
+        noise = torch.randn(shape, generator=gen, device="cpu") * noise_std  # CPU generator: see DMAO._rebuild
         out.index_add_(dim, copy_idx.to(out.device), noise.to(out.device, out.dtype))
     return out
 

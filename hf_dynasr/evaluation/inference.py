@@ -105,7 +105,9 @@ def audio_array(item, sampling_rate: int) -> np.ndarray:
 def greedy_transcribe(model, input_features, attention_mask, tokenizer, subnet=None):
     """Greedy CTC transcripts of one batch: (texts, logits [B, T', V], output lengths [B]).
 
-    Frames past each utterance's output length are padding and decode as blank."""
+    Frames past each utterance's output length are padding and decode as blank. The batch is moved to the
+    model's device."""
+    input_features, attention_mask = input_features.to(model.device), attention_mask.to(model.device)
     logits = model(input_features=input_features, attention_mask=attention_mask, subnet=subnet).logits  # [B, T', V]
     lengths = subsampled_lengths(attention_mask.sum(-1))  # [B]
     ids = logits.argmax(-1).masked_fill(~frame_mask(lengths, logits.shape[1]), model.config.pad_token_id)  # [B, T']

@@ -71,11 +71,15 @@ def subnet_loss_weight(loss: torch.Tensor, kind: str) -> torch.Tensor | float:
 
 
 def layerdrop_gates(drop: torch.Tensor, rate: float, batch: int, generator: torch.Generator) -> torch.Tensor | None:
-    """[B, N] gates: each component in `drop` ([N] bool) is zeroed per sequence with probability `rate`,
-    and kept ones are scaled by 1 / (1 - rate) (stochastic depth, row mode, as in papers 1 and 2)."""
+    """[B, N] gates on the device of `drop`: each component in `drop` ([N] bool) is zeroed per sequence with
+    probability `rate`, and kept ones are scaled by 1 / (1 - rate) (stochastic depth, row mode, as in papers
+    1 and 2)."""
     if rate <= 0 or not bool(drop.any()):
         return None
-    keep = (torch.rand(batch, drop.numel(), generator=generator) >= rate).float() / (1.0 - rate)
+    # drawn on the CPU from the step's CPU generator, then moved: the same gates on every device and process
+    # (and in a resumed run), which a generator on the accelerator would not give
+    draw = torch.rand(batch, drop.numel(), generator=generator, device="cpu").to(drop.device)
+    keep = (draw >= rate).float() / (1.0 - rate)
     return torch.where(drop[None, :], keep, torch.ones_like(keep))
 
 
@@ -84,7 +88,7 @@ def supernet_loss(model, unwrapped, batch, runs: list[NetRun], step: int, *, siz
     """Sum of the weighted CTC losses of this step's nets plus the selector's regulariser, and each net's loss
     for logging (`loss/full`, `loss/<size>`, `loss/regularizer`). `model` may be DDP-wrapped, `unwrapped` is
     the bare model; `sizes` are the size names, smallest first."""
-    generator = torch.Generator().manual_seed(step_seed(seed, step))  # LayerDrop: a function of the step
+    generator = torch.Generator(device="cpu").manual_seed(step_seed(seed, step))  # LayerDrop: a function of the step
     total, losses = 0.0, {}
     stage1 = any(run.soft for run in runs)
     drop_rate = selection.layerdrop_stage1 if stage1 else selection.layerdrop_stage2

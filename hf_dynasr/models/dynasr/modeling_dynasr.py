@@ -11,6 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -109,6 +110,13 @@ class DynaSRModel(DynaSRPreTrainedModel):
 _FULL_ROUTES = {name: ModuleRoute() for name in MODULE_NAMES}  # every block type's modules
 
 
+def has_values(tensor: torch.Tensor) -> bool:
+    """Whether Python can read `tensor`'s data: not on the meta device, not a FakeTensor (FakeTensorMode,
+    torch.export) and not being traced by torch.compile. The data-dependent input checks (`if (x < 1).any():
+    raise`) run only then, so real inputs are still validated and traced or fake runs never read data."""
+    return not (tensor.device.type == "meta" or is_fake(tensor) or torch.compiler.is_compiling())
+
+
 class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
     """Supernet (or one extracted size) with one CTC output layer per size, as in the papers.
 
@@ -180,12 +188,12 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         label_mask = labels >= 0
         label_lengths = label_mask.sum(-1)
         targets = labels.masked_select(label_mask)
-        if targets.numel() and (targets.max() >= self.config.vocab_size or targets.min() < 0):
+        if has_values(targets) and targets.numel() and (targets.max() >= self.config.vocab_size or targets.min() < 0):
             raise ValueError(
                 f"label ids must be in [0, {self.config.vocab_size}) (vocab_size) or -100 for padding; "
                 f"got ids from {int(targets.min())} to {int(targets.max())}. Does the tokenizer match the model?"
             )
-        if (targets == self.config.pad_token_id).any():
+        if has_values(targets) and (targets == self.config.pad_token_id).any():
             raise ValueError(
                 f"labels contain the blank/pad id {self.config.pad_token_id}; pad labels with -100 instead"
             )
@@ -218,7 +226,7 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             )
         else:
             lengths = attention_mask.long().sum(-1)
-        if lengths.device.type != "meta" and (subsampled_lengths(lengths) < 1).any():
+        if has_values(lengths) and (subsampled_lengths(lengths) < 1).any():
             raise ValueError(
                 f"every utterance needs at least {self.config.subsampling_factor} valid frames (40 ms of audio) "
                 f"to give one output frame; got valid lengths {lengths.tolist()}"

@@ -190,7 +190,7 @@ class DynaSRSelfAttention(GatedModule):
 
     @staticmethod
     def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        rows = (units[:, None] * config.head_dim + torch.arange(config.head_dim)).reshape(-1)
+        rows = (units[:, None] * config.head_dim + torch.arange(config.head_dim, device=units.device)).reshape(-1)
         plan = {f"{p}_proj.{t}": (0, rows, False) for p in "qkv" for t in ("weight", "bias")}
         plan["out_proj.weight"] = (1, rows, True)
         return plan

@@ -45,7 +45,8 @@ class SubnetMixin:
         """Rebuild what is derived from `config.architecture_spec`: the component index and the route and
         cost caches. Call it after changing the spec in place (DMAO does)."""
         self._index = ComponentIndex(self.config)
-        self._route_cache: dict[str, list] = {}
+        # routes hold index tensors on the device of the weights they select from: one entry per (size, device)
+        self._route_cache: dict[tuple[str | None, torch.device], list] = {}
         self._costs = None
 
     @property
@@ -103,7 +104,7 @@ class SubnetMixin:
             self.subnet_heads[name] = nn.Linear(param.shape[1], param.shape[0], device=param.device, dtype=param.dtype)
             self.subnet_heads[name].load_state_dict(self.lm_head.state_dict())  # start from the full head
             self._sort_heads()
-        self._route_cache.pop(name, None)
+        self._route_cache = {key: routes for key, routes in self._route_cache.items() if key[0] != name}
         return entry
 
     def _sort_heads(self) -> None:
@@ -118,9 +119,9 @@ class SubnetMixin:
             raise ValueError(f"subnet '{name}' has no selected components yet (selection still in training)")
         self.config.active_subnet = None if name == FULL else name
 
-    def subnet_mask(self, name: str | None) -> torch.Tensor:
-        """Binary mask [num_components] of a size."""
-        mask = torch.zeros(len(self._index), dtype=torch.bool)
+    def subnet_mask(self, name: str | None, device: torch.device | str | None = None) -> torch.Tensor:
+        """Binary mask [num_components] of a size, on `device` (default: the device of the weights)."""
+        mask = torch.zeros(len(self._index), dtype=torch.bool, device=device or self.lm_head.weight.device)
         ids = self.subnet_ids(name)
         mask[ids if ids is not None else slice(None)] = True
         return mask
@@ -167,25 +168,27 @@ class SubnetMixin:
         return f"subnet_heads.{name}" if name in self.subnet_heads else "lm_head"
 
     def subnet_routes(self, name: str | None, gates: torch.Tensor | None):
-        """Per block, per module: the kept units (hard mask of `name`) and soft gates from `gates`."""
+        """Per block, per module: the kept units (hard mask of `name`) and soft gates from `gates`; the unit
+        indices live on the device of the weights they select from."""
         ids = None
         if name is not None and name in self.config.subnets and self.config.subnets[name].get("components") is None:
             if gates is None:
                 raise ValueError(f"subnet '{name}' has no selected components yet; pass component_gates")
         else:
             ids = self.subnet_ids(name)
+        device = self.lm_head.weight.device
         if gates is None:
             if ids is None:
                 return None
-            if name not in self._route_cache:
-                self._route_cache[name] = build_routes(self._index, self.config, ids, None)
-            return self._route_cache[name]
+            if (name, device) not in self._route_cache:
+                self._route_cache[(name, device)] = build_routes(self._index, self.config, ids, None, device)
+            return self._route_cache[(name, device)]
         if gates.shape[-1] != len(self._index) or gates.dim() not in (1, 2):
             raise ValueError(
                 f"component_gates must have shape [{len(self._index)}] or [batch, {len(self._index)}]; "
                 f"got {tuple(gates.shape)}"
             )
-        return build_routes(self._index, self.config, ids, gates)
+        return build_routes(self._index, self.config, ids, gates, device)
 
 
 def subnet_config(config, index: ComponentIndex, name: str, ids: list[int]):
@@ -204,8 +207,10 @@ def subnet_config(config, index: ComponentIndex, name: str, ids: list[int]):
     return sub
 
 
-def build_routes(index: ComponentIndex, config, keep_ids, gates):
-    """Turn a component mask (`keep_ids`, None = all) and soft gates ([N] or [B, N]) into ModuleRoutes."""
+def build_routes(index: ComponentIndex, config, keep_ids, gates, device: torch.device | str | None = None):
+    """Turn a component mask (`keep_ids`, None = all) and soft gates ([N] or [B, N]) into ModuleRoutes whose
+    kept-unit indices live on `device` (the weights'; default: the gates' device, else the CPU)."""
+    device = device if device is not None else (gates.device if gates is not None else None)
     keep = None if keep_ids is None else set(keep_ids)
     routes = []
     for b in range(len(config.architecture_spec)):
@@ -213,19 +218,19 @@ def build_routes(index: ComponentIndex, config, keep_ids, gates):
         for module in MODULE_NAMES:
             comps = index.by_module.get((b, module), [])
             kept = comps if keep is None else [c for c in comps if c.id in keep]
-            block_routes[module] = _module_route(comps, kept, gates)
+            block_routes[module] = _module_route(comps, kept, gates, device)
         routes.append(block_routes)
     return routes
 
 
-def _module_route(comps, kept, gates) -> ModuleRoute:
-    """The route of one module: its kept units (None = all) and the gates of its kept components."""
+def _module_route(comps, kept, gates, device) -> ModuleRoute:
+    """The route of one module: its kept units (None = all) on `device` and the gates of its kept components."""
     if not kept:
         return ModuleRoute(skip=True)
     route = ModuleRoute()
     if len(kept) < len(comps):
         units = [u for c in kept for u in range(c.start, c.stop)]
-        route.keep = torch.tensor(units, dtype=torch.long)
+        route.keep = torch.tensor(units, dtype=torch.long, device=device)
     if gates is not None:
         ids = torch.tensor([c.id for c in kept], dtype=torch.long, device=gates.device)
         picked = gates.index_select(-1, ids)  # [K] or [B, K]
@@ -247,8 +252,10 @@ def subnet_slice_plan(model_class, config, index: ComponentIndex, keep_ids, head
             if size == 0:
                 continue
             units = kept.get((b, module))
+            # CPU indices: the plan is applied to state dicts on any device (`_take` moves them) and to
+            # safetensors files read on the CPU (lazy loading)
             module_params[f"dynasr.layers.{b}.{module}."] = (units, MODULE_CLASSES[module].slice_plan(
-                torch.tensor(units or [], dtype=torch.long), size, config))
+                torch.tensor(units or [], dtype=torch.long, device="cpu"), size, config))
     plan = {}
     for key in meta_model(model_class, config).state_dict():
         if key.startswith(("lm_head.", "subnet_heads.")):
