@@ -163,6 +163,7 @@ def build_run(args: TrainArgs, accelerator: Accelerator, data: TrainData) -> Run
         selector = build_selector(selection.method, model.component_costs(), sizes, criterion=criterion,
                                   total_steps=args.max_steps, stage1_fraction=selection.stage1_fraction,
                                   index=model.component_index, **selection.method_options)
+        selector.to(accelerator.device)  # not prepared (its scores are outside DDP): moved here, before the optimizer
         accelerator.register_for_checkpointing(selector)
     dmao_config = args.dmao_config()
     dmao = DMAO(model, dmao_config, total_steps=args.max_steps) if dmao_config else None
