@@ -103,6 +103,8 @@ class SubnetSelector(nn.Module, abc.ABC):
         self.rest_cost = self.total_cost - sum(comp_costs)
         self.sizes: dict[str, float] = self._check_sizes(sizes)
         self.hparams: dict[str, Any] = {**self.DEFAULTS, **method_kwargs}
+        # Parameters and buffers are created like any module's (no device=: a torch.device context applies) and
+        # move with `.to(device)`; the trainer moves the selector to the accelerator's device.
         # costs as fractions of the total (float, for the differentiable cost-aware parts); not state
         self.register_buffer(
             "cost_fraction", torch.tensor(comp_costs, dtype=torch.float64).div(self.total_cost).float(),

@@ -100,7 +100,7 @@ class OrthoSoftmaxSelector(SubnetSelector):
         ref = hp["tau_decay_reference_steps"]
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, int) or ref < 1):
             raise ValueError(f"tau_decay_reference_steps must be None or a positive integer; got {ref!r}")
-        generator = torch.Generator().manual_seed(int(hp["seed"]))
+        generator = torch.Generator(device="cpu").manual_seed(int(hp["seed"]))  # the same init on any device
         init = torch.full((n, n), float(hp["init_score"]))
         init += float(hp["init_noise"]) * torch.randn(n, n, generator=generator)
         self.scores = nn.Parameter(init)

@@ -315,6 +315,7 @@ class DynaSRConvModule(GatedChannelModule):
         self.depthwise = nn.Conv1d(
             channels, channels, config.conv_kernel_size, padding=config.conv_kernel_size // 2, groups=channels
         )
+        # no device=: like nn.Linear's weights they follow a torch.device context (meta for costs and extraction)
         self.norm_weight = nn.Parameter(torch.ones(channels))
         self.norm_bias = nn.Parameter(torch.zeros(channels))
         self.pointwise_out = nn.Linear(channels, config.hidden_size)
@@ -354,7 +355,7 @@ class DynaSRConvolutionalGatingMLP(GatedChannelModule):
         self.eps = config.layer_norm_eps
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.linear_in = nn.Linear(config.hidden_size, 2 * units)  # rows [0, U): values, [U, 2U): gates
-        self.norm_weight = nn.Parameter(torch.ones(units))
+        self.norm_weight = nn.Parameter(torch.ones(units))  # no device=, see DynaSRConvModule
         self.norm_bias = nn.Parameter(torch.zeros(units))
         self.depthwise = nn.Conv1d(units, units, config.conv_kernel_size, padding=config.conv_kernel_size // 2,
                                    groups=units)
