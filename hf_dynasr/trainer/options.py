@@ -68,6 +68,10 @@ class TrainArgs:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each encoder block's "
                                                                   "activations in the backward pass: less memory "
                                                                   "per batch, about one more forward per step."})
+    dry_run: bool = field(default=False, metadata={"help": "Build the recipe's model, sizes, selector, DMAO, "
+                                                   "optimizer and schedule, run two supernet steps on synthetic "
+                                                   "batches of its shapes (no data read, no run folder) and print "
+                                                   "parameters, FLOPs, peak memory and step time."})
 
     def selection_config(self) -> SelectionConfig:
         """The typed `selection` options (defaults filled in; used only when `subnets` names sizes)."""

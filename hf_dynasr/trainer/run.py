@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hf_dynasr.trainer.callbacks import CallbackList, TrainerCallback
+from hf_dynasr.trainer.dry_run import dry_run_main
 from hf_dynasr.trainer.final import finish, save_final
 from hf_dynasr.trainer.loop import TrainingLoop, resume
 from hf_dynasr.trainer.options import parse_args
@@ -15,6 +16,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     alter the run (see `hf_dynasr.trainer.callbacks`)."""
     # 1. options; an output folder holding a previous run only when resuming or overwriting it
     args = parse_args(argv)
+    if args.dry_run:  # the recipe built and two updates on a synthetic batch: no data read, no run folder
+        dry_run_main(args)
+        return
     previous = check_output_dir(args)
     # 2. accelerator (one process or DDP) and logging; a fresh output folder; every RNG seeded
     accelerator = build_accelerator(args)
