@@ -11,7 +11,7 @@ from accelerate.state import AcceleratorState
 from conftest import REPO, run_train
 from test_training import DDP_LAUNCHER, SMOKE
 
-from hf_dynasr.trainer.dry_run import dry_run, flop_counter
+from hf_dynasr.trainer.dry_run import FlopCount, dry_run
 from hf_dynasr.trainer.options import parse_args
 
 CONFIGS = os.path.join(REPO, "training", "configs")
@@ -69,12 +69,12 @@ def test_flop_counter_counts_a_backward_as_two_forwards(groups):
     convolution, which torch's own FlopCounterMode counts `channels` times too high in the backward."""
     conv = torch.nn.Conv1d(64, 64, 31, padding=15, groups=groups)
     x = torch.randn(2, 64, 100, requires_grad=True)
-    with flop_counter() as forward:
+    with FlopCount() as forward:
         conv(x)
-    with flop_counter() as both:
+    with FlopCount() as both:
         conv(x).sum().backward()
-    assert forward.get_total_flops() == 2 * 2 * 100 * 64 * (64 // groups) * 31
-    assert both.get_total_flops() == 3 * forward.get_total_flops()
+    assert forward.flops == 2 * 2 * 100 * 64 * (64 // groups) * 31
+    assert both.flops == 3 * forward.flops
 
 
 def test_dry_run_command_prints_the_figures_and_writes_nothing(tmp_path):

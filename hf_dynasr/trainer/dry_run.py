@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import PartialState
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from hf_dynasr.data.processing import build_processor
@@ -162,7 +163,7 @@ def _update(run: Run, loop: TrainingLoop, batch: dict, step: int) -> UpdateRepor
         freeze_masks(run.unwrapped, run.selector, run.sizes, run.criterion)
     _synchronize(device)
     start = time.perf_counter()
-    with flop_counter() as counter:
+    with FlopCount() as counter:
         for _ in range(run.args.gradient_accumulation_steps):
             losses = loop.train_batch(batch)
             if losses is None:
@@ -176,15 +177,31 @@ def _update(run: Run, loop: TrainingLoop, batch: dict, step: int) -> UpdateRepor
         with torch.no_grad():
             run.selector.end_of_step(step)  # the selector's own per-update work (its schedule, zero-out)
     nets = [name.removeprefix("loss/") for name in losses if name != "loss/regularizer"]
-    return UpdateReport(step, stage, nets, losses, int(counter.get_total_flops()), seconds)
+    return UpdateReport(step, stage, nets, losses, int(counter.flops), seconds)
 
 
-def flop_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode (matmuls, convolutions, attention; forward and backward) with the backward of a
-    grouped convolution counted right: its weight gradient costs one forward convolution, like its input
-    gradient. torch's own formula counts the weight gradient as if the convolution had no groups, so the
-    depthwise convolutions of the conv module and the cgMLP would count `channels` times too much."""
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+class FlopCount(TorchDispatchMode):
+    """Counts the FLOPs of what runs inside it (forward, backward, a checkpoint's recomputation) with torch's
+    FlopCounterMode formulas (matmuls, convolutions, attention) in `flops`, the backward of a grouped
+    convolution counted right: its weight gradient costs one forward convolution, like its input gradient
+    (torch's formula counts it as if the convolution had no groups, so the depthwise convolutions of the conv
+    module and the cgMLP would count `channels` times too much). Not FlopCounterMode itself: its module
+    tracker keeps alive the activations that gradient checkpointing frees (a checkpointed paper-size update
+    then peaks at twice the memory)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+        mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+        self._formulas = FlopCounterMode(display=False, custom_mapping=mapping).flop_registry
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self._formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
