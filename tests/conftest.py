@@ -102,14 +102,14 @@ def run_train(args, *, launcher=None, env=None, check=True):
     return result
 
 
-def train_in_process(args):
+def train_in_process(args, callbacks=None):
     """Run `hf_dynasr.trainer.main` in this interpreter (no start-up cost); resets accelerate's state after."""
     from accelerate.state import AcceleratorState
 
     from hf_dynasr.trainer import main
 
     try:
-        main([str(a) for a in args])
+        main([str(a) for a in args], callbacks=callbacks)
     finally:
         # accelerate keeps its state in process-wide singletons and offers no public reset; its own test
         # cases (accelerate.test_utils.AccelerateTestCase) reset them this way between runs

@@ -37,7 +37,7 @@ def _supernet_args(method, granularity, criterion, steps=8):
 def test_every_method_gives_loadable_nested_sizes(smoke_corpus, tmp_path, method, granularity, criterion):
     out = tmp_path / "run"
     train_in_process(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--save_steps", "0",
-                      *_supernet_args(method, granularity, criterion)])
+                      "--logging_steps", "1", *_supernet_args(method, granularity, criterion)])
     final = out / "final"
     config = json.loads((final / "config.json").read_text())
     subnets = config["subnets"]
@@ -64,9 +64,10 @@ def test_every_method_gives_loadable_nested_sizes(smoke_corpus, tmp_path, method
     assert set(results["eval"]) == {"full", "small", "mid"}
     assert (final / "selector.safetensors").is_file()
     # stage 1 ran the full net plus one soft subnet; stage 2 the sandwich (full, smallest, the other)
-    choices = [c[0] for c in results["subnet_choices"]]
-    assert all(c[0] == -1 and c[2] == -2 for c in choices[:4])
-    assert all(c[:2] == [-1, 0] and c[2] == 1 for c in choices[4:])
+    nets = [h["nets"].split(",") for h in results["history"]]  # logged at every step
+    assert len(nets) == 8
+    assert all(n[0] == "full" and len(n) == 2 for n in nets[:4])
+    assert all(n == ["full", "small", "mid"] for n in nets[4:])
 
 
 def test_resume_in_stage1_at_the_boundary_and_in_stage2(smoke_corpus, tmp_path):

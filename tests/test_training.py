@@ -67,18 +67,23 @@ def test_two_process_ddp_on_cpu(smoke_corpus, tmp_path):
 
 
 def test_two_process_supernet_makes_the_same_choices_on_both_ranks(smoke_corpus, tmp_path):
-    """Stage 1 and stage 2 subnet choices are gathered from both processes at every step and compared."""
+    """Stage 1 and stage 2 subnet choices of every batch go into a per-process digest; the digests of both
+    processes are compared at every logging step (here every step) and at the end."""
     out = tmp_path / "ddp_supernet"
     run_train(["--config", SMOKE, "--output_dir", out, *_data_args(smoke_corpus), "--max_steps", "8",
-               "--save_steps", "0", "--num_processes", "2", "--subnets", '{"small": 0.5, "mid": 0.75}',
+               "--save_steps", "0", "--logging_steps", "1", "--num_processes", "2",
+               "--subnets", '{"small": 0.5, "mid": 0.75}',
                "--selection", '{"method": "ortho_softmax", "criterion": "flops", "stage1_fraction": 0.5}'],
               launcher=DDP_LAUNCHER, env={"ACCELERATE_USE_CPU": "1"})
     results = _results(out)
     choices = results["subnet_choices"]
-    assert len(choices) == 8
-    assert all(len(per_rank) == 2 and per_rank[0] == per_rank[1] for per_rank in choices)
-    assert len({tuple(per_rank[0]) for per_rank in choices[:4]}) >= 1  # stage 1: full + one soft size
-    assert all(per_rank[0][:2] == [-1, 0] for per_rank in choices[4:])  # stage 2: full + smallest + ...
+    assert choices["batches"] == 8 and choices["checks"] == 8 + 1
+    digests = choices["rank_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    nets = [h["nets"].split(",") for h in results["history"]]
+    assert len(nets) == 8
+    assert all(n[0] == "full" and len(n) == 2 and n[1] in ("small", "mid") for n in nets[:4])  # stage 1: + a soft size
+    assert all(n[:2] == ["full", "small"] for n in nets[4:])  # stage 2: full + smallest + ...
     checksums = results["rank_weight_checksums"]
     assert checksums[0] == checksums[1]
 

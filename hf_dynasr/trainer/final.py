@@ -24,8 +24,9 @@ def save_final(run: Run, state: LoopState) -> None:
     """Freeze the masks if stage 1 never ended (a short run), evaluate every size, save final/. All ranks."""
     if run.masks_pending():
         freeze_masks(run.unwrapped, run.selector, run.sizes, run.criterion)
-    results = run_eval(run.accelerator, run.unwrapped, run.data, state.step)
+    results = run_eval(run.accelerator, run.unwrapped, run.data, state.step, run.args.per_device_eval_batch_size)
     checksums = weight_checksums(run.accelerator, run.unwrapped)
+    digests = state.choices.check(run.accelerator, state.step)
     if run.accelerator.is_main_process:
         final = os.path.join(run.args.output_dir, "final")
         tmp = final + ".tmp"
@@ -35,20 +36,22 @@ def save_final(run: Run, state: LoopState) -> None:
         if run.selector is not None:  # the selector's scores, as safetensors (never pickled)
             scores = {k: v.contiguous() for k, v in run.selector.state_dict().items()}
             save_file(scores, os.path.join(tmp, "selector.safetensors"))
-        write_json(os.path.join(tmp, "training_results.json"), training_results(run, state, results, checksums))
+        write_json(os.path.join(tmp, "training_results.json"),
+                   training_results(run, state, results, checksums, digests))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         logger.info("final model and processor in %s", final)
     run.accelerator.wait_for_everyone()
 
 
-def training_results(run: Run, state: LoopState, results: dict, checksums: list) -> dict:
-    """The content of final/training_results.json."""
+def training_results(run: Run, state: LoopState, results: dict, checksums: list, digests: list) -> dict:
+    """The content of final/training_results.json (`digests`: every process's ChoiceDigest at the end)."""
     return {"eval": results, "history": state.history, "steps": state.step, "train_data": run.args.train_data,
             "method": run.selection.method if run.sizes else None, "dmao": run.args.dmao or None,
             "wall_time_s": time.time() - state.start_time, "num_processes": run.accelerator.num_processes,
+            "mixed_precision": run.accelerator.mixed_precision,
             "nonfinite_steps_skipped": state.nonfinite.total,
-            "rank_weight_checksums": checksums, "subnet_choices": state.choices}
+            "rank_weight_checksums": checksums, "subnet_choices": state.choices.to_dict(digests)}
 
 
 def finish(accelerator) -> None:

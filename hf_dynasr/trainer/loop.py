@@ -22,7 +22,7 @@ from hf_dynasr.trainer.anomaly import AnomalyDetector
 from hf_dynasr.trainer.callbacks import TrainerCallback
 from hf_dynasr.trainer.checkpointing import save_checkpoint
 from hf_dynasr.trainer.nonfinite import NonFiniteCounter, grads_finite, loss_finite
-from hf_dynasr.trainer.reports import check_same_choice, run_eval
+from hf_dynasr.trainer.reports import ChoiceDigest, run_eval
 from hf_dynasr.trainer.setup import Run, prepare_again
 from hf_dynasr.trainer.supernet_step import freeze_masks, plan_step, step_seed, supernet_loss
 
@@ -38,7 +38,8 @@ class LoopState:
     epoch: int = 0
     batches_in_epoch: int = 0
     history: list = field(default_factory=list)  # the logged records
-    choices: list = field(default_factory=list)  # per batch: the nets each process ran (check_same_choice)
+    choices: ChoiceDigest = field(default_factory=ChoiceDigest)  # the nets every batch ran, compared across ranks
+    nets: str = ""  # the nets of the last batch, e.g. "full,small,mid" (logged)
     audio_seconds: float = 0.0
     start_time: float = field(default_factory=time.time)
 
@@ -124,7 +125,8 @@ class TrainingLoop:
         run, step = self.run, self.state.step
         runs = plan_step(step, run.size_names, stage1_steps=run.stage1_steps, seed=run.args.seed,
                          selector=run.selector)
-        self.state.choices.append(check_same_choice(run.accelerator, runs, run.size_names, step))
+        self.state.nets = ",".join(r.subnet for r in runs)
+        self.state.choices.update(step, [r.subnet for r in runs])
         if self.anomaly is not None:
             self.anomaly.reset()
         loss, losses = supernet_loss(run.model, run.unwrapped, batch, runs, step, sizes=run.size_names,
@@ -149,11 +151,15 @@ class TrainingLoop:
         return None
 
     def update(self) -> None:
+        """The optimizer step (a no-op before the last batch of an accumulation) and, after a real update, one
+        step of the schedule: the learning rate is a function of the update count, whatever the number of
+        processes and accumulation steps (an update the fp16 loss scaler skipped does not count)."""
         run = self.run
         if run.dmao is not None and run.accelerator.sync_gradients:
             run.dmao.observe(run.unwrapped, self.state.step)
         run.optimizer.step()
-        run.scheduler.step()
+        if run.accelerator.sync_gradients and not run.optimizer.step_was_skipped:
+            run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
 
     # --- after an update ----------------------------------------------------------------------------------
@@ -170,9 +176,10 @@ class TrainingLoop:
         if run.dmao is not None and run.dmao.reshape_due(state.step):
             self.reshape()
         if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            state.choices.check(run.accelerator, state.step)
             self.log(losses)
         if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
-            run_eval(run.accelerator, run.unwrapped, run.data, state.step)
+            run_eval(run.accelerator, run.unwrapped, run.data, state.step, args.per_device_eval_batch_size)
         if args.save_steps and state.step % args.save_steps == 0:
             self.checkpoint()
 
@@ -192,7 +199,7 @@ class TrainingLoop:
 
     def log(self, losses: dict) -> None:
         run, state = self.run, self.state
-        record = {"step": state.step, "lr": run.scheduler.get_last_lr()[0], **losses,
+        record = {"step": state.step, "lr": run.scheduler.get_last_lr()[0], "nets": state.nets, **losses,
                   "audio_s_per_s": state.audio_seconds / max(1e-9, time.time() - state.start_time)}
         if run.selector is not None:
             record.update({f"selector/{k}": v for k, v in run.selector.describe(state.step).items()})

@@ -25,6 +25,8 @@ class TrainArgs:
     eval_data: str | None = field(default=None, metadata={"help": "Loader spec for evaluation (default: train_data)."})
     eval_split: str = field(default="dev", metadata={"help": "Split of eval_data."})
     max_eval_utterances: int = field(default=200, metadata={"help": "Evaluate on at most this many utterances."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Utterances per evaluation batch; each "
+                                                                       "process scores its share of the batches."})
     min_duration_s: float = field(default=0.3, metadata={"help": "Drop shorter utterances (counted)."})
     max_duration_s: float = field(default=20.0, metadata={"help": "Drop longer utterances (counted)."})
     preprocessing_num_workers: int = field(default=1, metadata={"help": "Processes for feature extraction."})
@@ -51,7 +53,9 @@ class TrainArgs:
                                                                  "steps of the decay."})
     max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping (0 = off)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer update."})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 (GPU) | bf16; default: what "
+                                                                      "accelerate launch / accelerate config set, "
+                                                                      "else no."})
     spec_augment: bool = field(default=False, metadata={"help": "SpecAugment with the papers' values."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = off)."})

@@ -3,40 +3,68 @@ process must agree on (the nets each step runs, and the weights)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
 
 from hf_dynasr.evaluation.sizes import evaluate_sizes
-from hf_dynasr.models.dynasr import FULL
 
 logger = logging.getLogger("hf_dynasr.train")
 
 
-def run_eval(accelerator, unwrapped, data, step: int) -> dict:
-    """WER/CER of every size on the evaluation set (main process; the others wait), logged at `step`."""
+def run_eval(accelerator, unwrapped, data, step: int, batch_size: int = 16) -> dict:
+    """WER/CER of every size on the evaluation set, logged at `step`. Call on every process: each scores its
+    share of the batches (`evaluate_sizes`), every process gets the scores of the whole set."""
     results = {}
-    if accelerator.is_main_process and len(data.eval_ds):
-        results = evaluate_sizes(unwrapped, data.eval_ds, data.collator, data.processor.tokenizer)
+    if len(data.eval_ds):
+        results = evaluate_sizes(unwrapped, data.eval_ds, data.collator, data.processor.tokenizer,
+                                 batch_size=batch_size, accelerator=accelerator)
+    if accelerator.is_main_process and results:
         accelerator.log({f"eval/{name}/{k}": v for name, r in results.items() for k, v in r.items()
                          if isinstance(v, (int, float))}, step=step)
         for name, r in results.items():
             logger.info("step %d eval %-8s WER %.3f CER %.3f (%s params)", step, name, r["wer"], r["cer"],
                         f"{r['num_parameters']:,}")
-    accelerator.wait_for_everyone()
     return results
 
 
-def check_same_choice(accelerator, runs, size_names, step) -> list:
-    """All-gather this step's nets (as size indices, -1 = the whole network) and fail if any process chose
-    differently."""
-    code = torch.tensor([[-1 if r.subnet == FULL else size_names.index(r.subnet) for r in runs]
-                         + [-2] * (3 - len(runs))])
-    gathered = accelerator.gather(code).tolist()
-    if any(row != gathered[0] for row in gathered):
-        raise RuntimeError(f"step {step}: processes chose different subnets {gathered}; the choice must depend "
-                           "only on (seed, step)")
-    return gathered
+class ChoiceDigest:
+    """A running digest of the nets every batch ran, per process. The choice must depend only on (seed, step),
+    so the digests of all processes are equal; `check` compares them (at logging steps and at the end: one
+    small collective, nothing that grows with the number of steps)."""
+
+    def __init__(self):
+        self._hash = hashlib.sha256()
+        self.batches = 0  # batches digested by this process (since it started)
+        self.checks = 0  # comparisons across processes that passed
+
+    def update(self, step: int, nets: list[str]) -> None:
+        self._hash.update(f"{step}:{','.join(nets)};".encode())
+        self.batches += 1
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()[:15]  # 60 bits: fits the int64 tensor that `check` gathers
+
+    def check(self, accelerator, step: int) -> list[str]:
+        """The digests of every process (one per process); a RuntimeError if they differ."""
+        local = torch.tensor([[int(self.digest, 16), self.batches]], dtype=torch.long, device=accelerator.device)
+        digests = [f"{digest:015x}/{batches}" for digest, batches in accelerator.gather(local).tolist()]
+        same_digests(digests, step)
+        self.checks += 1
+        return digests
+
+    def to_dict(self, digests: list[str]) -> dict:
+        """The record of training_results.json: the per-process digests of the last check and the counts."""
+        return {"batches": self.batches, "checks": self.checks, "rank_digests": digests}
+
+
+def same_digests(digests: list[str], step: int) -> None:
+    """A RuntimeError naming the step unless every process's digest is the same."""
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"by step {step} the processes chose different subnets (per-process digest/batches: "
+                           f"{digests}); the choice must depend only on (seed, step)")
 
 
 def weight_checksums(accelerator, unwrapped) -> list:

@@ -95,9 +95,13 @@ def build_accelerator(args: TrainArgs) -> Accelerator:
     """One process or DDP; logging set up; a SystemExit unless the requested number of processes joined."""
     # CPU DDP (gloo) needs cpu=True. find_unused_parameters stays off: every step runs the whole network and
     # unused heads are anchored (supernet_step.anchor_unused_heads), so DDP never waits for a gradient.
+    # mixed_precision None: accelerate reads the launcher's choice (accelerate launch / accelerate config).
+    # step_scheduler_with_optimizer=False: accelerate's scheduler wrapper would otherwise step the schedule
+    # num_processes times per update; the loop steps it once per optimizer update (TrainingLoop.update).
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=args.mixed_precision,
+        step_scheduler_with_optimizer=False,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
@@ -111,6 +115,13 @@ def build_accelerator(args: TrainArgs) -> Accelerator:
             f"error: {accelerator.num_processes} process(es) joined the run but {args.num_processes or world} were "
             "requested. On CPU use: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ... "
             "(`--cpu --num_processes N` silently runs one process)"
+        )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate has no fp16 autocast or loss scaler on the CPU: it would silently train in fp32
+        raise SystemExit(
+            "error: mixed precision fp16 needs a GPU; on the CPU it would silently train in fp32. Use "
+            "--mixed_precision bf16 (CPU autocast) or --mixed_precision no (or launch with accelerate launch "
+            "--mixed_precision bf16)"
         )
     return accelerator
 
