@@ -103,16 +103,18 @@ def run_train(args, *, launcher=None, env=None, check=True):
 
 
 def train_in_process(args, callbacks=None):
-    """Run `hf_dynasr.trainer.main` in this interpreter (no start-up cost); resets accelerate's state after."""
+    """Run `hf_dynasr.trainer.main` in this interpreter (no start-up cost), with accelerate's state reset before
+    (another test may have built an Accelerator, whose settings, e.g. mixed precision, would carry over) and after."""
     from accelerate.state import AcceleratorState
 
     from hf_dynasr.trainer import main
 
+    # accelerate keeps its state in process-wide singletons and offers no public reset; its own test cases
+    # (accelerate.test_utils.AccelerateTestCase) reset them this way between runs
+    AcceleratorState._reset_state(True)
     try:
         main([str(a) for a in args], callbacks=callbacks)
     finally:
-        # accelerate keeps its state in process-wide singletons and offers no public reset; its own test
-        # cases (accelerate.test_utils.AccelerateTestCase) reset them this way between runs
         AcceleratorState._reset_state(True)
 
 
