@@ -31,12 +31,12 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from hf_dynasr.data.processing import build_processor
 from hf_dynasr.trainer.callbacks import CallbackList
+from hf_dynasr.trainer.data import TrainData
 from hf_dynasr.trainer.loop import LoopState, TrainingLoop
 from hf_dynasr.trainer.nonfinite import NonFiniteCounter
 from hf_dynasr.trainer.options import TrainArgs
 from hf_dynasr.trainer.setup import (
     Run,
-    TrainData,
     build_accelerator,
     build_run,
     prepare,

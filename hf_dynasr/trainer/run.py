@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from hf_dynasr.trainer.callbacks import CallbackList, TrainerCallback
+from hf_dynasr.trainer.data import build_data
 from hf_dynasr.trainer.dry_run import dry_run_main
 from hf_dynasr.trainer.final import finish, save_final
 from hf_dynasr.trainer.loop import TrainingLoop, resume
 from hf_dynasr.trainer.options import parse_args
-from hf_dynasr.trainer.setup import (build_accelerator, build_data, build_run, check_output_dir, make_output_dir,
+from hf_dynasr.trainer.setup import (build_accelerator, build_run, check_output_dir, make_output_dir,
                                      prepare, start_tracking)
 
 
