@@ -28,7 +28,8 @@ from hf_dynasr.data.processing import SAMPLING_RATE
 logger = logging.getLogger(__name__)
 _IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked datasets.map worker
 
-__all__ = ["DROP_REASONS", "FilterReport", "ctc_output_length", "prepare_dataset"]
+__all__ = ["DROP_REASONS", "DroppedExample", "FilterReport", "ctc_output_length", "prepare_dataset", "prepare_example",
+           "preparation_options"]
 
 
 DROP_REASONS = ("missing_audio", "unreadable_audio", "empty_audio", "non_finite_audio", "too_short", "too_long",
@@ -90,13 +91,13 @@ class FilterReport:
         return "\n".join(lines)
 
 
-class _Drop(Exception):
+class DroppedExample(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
 
 
-def _audio_path(audio: Any) -> str:
+def audio_path(audio: Any) -> str:
     if isinstance(audio, Mapping):
         return audio.get("path") or ""
     if isinstance(audio, (str, os.PathLike)):
@@ -104,35 +105,37 @@ def _audio_path(audio: Any) -> str:
     return ""
 
 
-def _prepare_one(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
-    """-> (text, features [T, n_mels], labels, duration) or raise _Drop."""
+def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
+    """One utterance -> (text, features [T, n_mels], labels, duration), or raise :class:`DroppedExample`.
+
+    ``o``: the options of :func:`preparation_options`."""
     try:
         array = load_audio(audio, o["sampling_rate"])
     except FileNotFoundError as exc:
-        raise _Drop("missing_audio", f"not found: {exc}") from None
+        raise DroppedExample("missing_audio", f"not found: {exc}") from None
     except Exception as exc:
-        raise _Drop("unreadable_audio", f"{type(exc).__name__}: {exc}"[:300]) from None
+        raise DroppedExample("unreadable_audio", f"{type(exc).__name__}: {exc}"[:300]) from None
     if array.size == 0:
-        raise _Drop("empty_audio")
+        raise DroppedExample("empty_audio")
     if not np.isfinite(array).all():
-        raise _Drop("non_finite_audio")
+        raise DroppedExample("non_finite_audio")
     duration = array.size / o["sampling_rate"]
     if duration < o["min_duration_s"]:
-        raise _Drop("too_short", f"{duration:.2f} s")
+        raise DroppedExample("too_short", f"{duration:.2f} s")
     if o["max_duration_s"] is not None and duration > o["max_duration_s"]:
-        raise _Drop("too_long", f"{duration:.2f} s")
+        raise DroppedExample("too_long", f"{duration:.2f} s")
 
     text = " ".join((text or "").split())
     if not text:
-        raise _Drop("empty_transcript")
+        raise DroppedExample("empty_transcript")
     bad = set(text) - o["allowed_chars"]
     if bad:
         if o["oov"] == "drop":
-            raise _Drop("oov_characters", repr("".join(sorted(bad))))
+            raise DroppedExample("oov_characters", repr("".join(sorted(bad))))
         if o["oov"] == "remove":
             text = " ".join("".join(c for c in text if c not in bad).split())
             if not text:
-                raise _Drop("empty_transcript", "empty after removing OOV characters")
+                raise DroppedExample("empty_transcript", "empty after removing OOV characters")
     labels = list(o["tokenizer"](text, add_special_tokens=False)["input_ids"])
 
     fe = o["feature_extractor"]
@@ -144,7 +147,7 @@ def _prepare_one(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
     needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))  # a blank between repeats
     available = int(ctc_output_length(num_frames, o["subsampling_factor"]))
     if needed > available:
-        raise _Drop("ctc_infeasible", f"needs {needed} output frames, has {available}")
+        raise DroppedExample("ctc_infeasible", f"needs {needed} output frames, has {available}")
     return text, features, labels, duration
 
 
@@ -158,8 +161,8 @@ def _prepare_batch(batch: dict[str, list], **o) -> dict[str, list]:
     for audio, text in zip(batch[audio_column], batch[text_column]):
         reason = detail = ""
         try:
-            text, features, labels, duration = _prepare_one(audio, text, o)
-        except _Drop as drop:
+            text, features, labels, duration = prepare_example(audio, text, o)
+        except DroppedExample as drop:
             reason, detail = drop.reason, drop.detail
             features, labels, duration = np.zeros((0, n_mels), np.float32), [], 0.0
         except Exception as exc:  # an odd row must not kill a long map; it is reported instead
@@ -171,7 +174,7 @@ def _prepare_batch(batch: dict[str, list], **o) -> dict[str, list]:
         out["input_length"].append(features.shape[0])
         out["duration"].append(duration)
         out["_drop_reason"].append(reason)
-        out["_drop_path"].append(_audio_path(audio))
+        out["_drop_path"].append(audio_path(audio))
         out["_drop_detail"].append(detail)
     return out
 
@@ -208,18 +211,10 @@ def prepare_dataset(
     Returns ``(prepared, report)``. For an ``IterableDataset`` the work is lazy and ``report`` fills up
     as the result is iterated in this process.
     """
-    if oov not in ("drop", "remove", "unk"):
-        raise ValueError(f"oov must be 'drop', 'remove' or 'unk', got {oov!r}")
-    if oov == "unk" and getattr(tokenizer, "unk_token", None) not in tokenizer.get_vocab():
-        raise ValueError("oov='unk' needs a tokenizer with an unk token")
-    n_mels = int(getattr(feature_extractor, "feature_size", 80))
-    options = dict(
-        audio_column=audio_column, text_column=text_column, n_mels=n_mels,
-        sampling_rate=int(getattr(feature_extractor, "sampling_rate", SAMPLING_RATE)),
-        feature_extractor=feature_extractor, tokenizer=tokenizer, allowed_chars=_allowed_characters(tokenizer),
-        oov=oov, min_duration_s=float(min_duration_s or 0.0), max_duration_s=max_duration_s,
-        subsampling_factor=subsampling_factor,
-    )
+    options = preparation_options(feature_extractor, tokenizer, min_duration_s=min_duration_s,
+                                  max_duration_s=max_duration_s, subsampling_factor=subsampling_factor, oov=oov)
+    options.update(audio_column=audio_column, text_column=text_column)
+    n_mels = options["n_mels"]
     if ds.features is not None and isinstance(ds.features.get(audio_column), Audio):
         ds = ds.cast_column(audio_column, Audio(decode=False))
     report = FilterReport(max_examples=max_examples)
@@ -232,6 +227,22 @@ def prepare_dataset(
     prepared = _keep_usable(mapped, report)
     logger.info("%s", report)
     return prepared, report
+
+
+def preparation_options(feature_extractor, tokenizer, *, min_duration_s: float = 0.1,
+                        max_duration_s: float | None = 30.0, subsampling_factor: int = 4, oov: str = "drop") -> dict:
+    """The options :func:`prepare_example` reads (see :func:`prepare_dataset` for their meaning)."""
+    if oov not in ("drop", "remove", "unk"):
+        raise ValueError(f"oov must be 'drop', 'remove' or 'unk', got {oov!r}")
+    if oov == "unk" and getattr(tokenizer, "unk_token", None) not in tokenizer.get_vocab():
+        raise ValueError("oov='unk' needs a tokenizer with an unk token")
+    return dict(
+        n_mels=int(getattr(feature_extractor, "feature_size", 80)),
+        sampling_rate=int(getattr(feature_extractor, "sampling_rate", SAMPLING_RATE)),
+        feature_extractor=feature_extractor, tokenizer=tokenizer, allowed_chars=_allowed_characters(tokenizer),
+        oov=oov, min_duration_s=float(min_duration_s or 0.0), max_duration_s=max_duration_s,
+        subsampling_factor=subsampling_factor,
+    )
 
 
 def _allowed_characters(tokenizer) -> frozenset[str]:
