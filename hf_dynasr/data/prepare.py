@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 _IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked datasets.map worker
 
 __all__ = ["DROP_REASONS", "DroppedExample", "FilterReport", "ctc_output_length", "prepare_dataset", "prepare_example",
-           "preparation_options"]
+           "preparation_options", "prepare_transcript", "check_duration", "check_ctc_feasible"]
 
 
 DROP_REASONS = ("missing_audio", "unreadable_audio", "empty_audio", "non_finite_audio", "too_short", "too_long",
@@ -105,6 +105,38 @@ def audio_path(audio: Any) -> str:
     return ""
 
 
+def check_duration(duration: float, o) -> None:
+    """Raise :class:`DroppedExample` (too_short / too_long) for a duration outside the options' range."""
+    if duration < o["min_duration_s"]:
+        raise DroppedExample("too_short", f"{duration:.2f} s")
+    if o["max_duration_s"] is not None and duration > o["max_duration_s"]:
+        raise DroppedExample("too_long", f"{duration:.2f} s")
+
+
+def prepare_transcript(text, o) -> tuple[str, list[int]]:
+    """A transcript -> (text, label ids), or raise :class:`DroppedExample` (empty / out-of-vocabulary)."""
+    text = " ".join((text or "").split())
+    if not text:
+        raise DroppedExample("empty_transcript")
+    bad = set(text) - o["allowed_chars"]
+    if bad:
+        if o["oov"] == "drop":
+            raise DroppedExample("oov_characters", repr("".join(sorted(bad))))
+        if o["oov"] == "remove":
+            text = " ".join("".join(c for c in text if c not in bad).split())
+            if not text:
+                raise DroppedExample("empty_transcript", "empty after removing OOV characters")
+    return text, list(o["tokenizer"](text, add_special_tokens=False)["input_ids"])
+
+
+def check_ctc_feasible(labels: list[int], num_frames: int, o) -> None:
+    """Raise :class:`DroppedExample` (ctc_infeasible) when the labels need more encoder frames than there are."""
+    needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))  # a blank between repeats
+    available = int(ctc_output_length(num_frames, o["subsampling_factor"]))
+    if needed > available:
+        raise DroppedExample("ctc_infeasible", f"needs {needed} output frames, has {available}")
+
+
 def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
     """One utterance -> (text, features [T, n_mels], labels, duration), or raise :class:`DroppedExample`.
 
@@ -120,23 +152,8 @@ def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
     if not np.isfinite(array).all():
         raise DroppedExample("non_finite_audio")
     duration = array.size / o["sampling_rate"]
-    if duration < o["min_duration_s"]:
-        raise DroppedExample("too_short", f"{duration:.2f} s")
-    if o["max_duration_s"] is not None and duration > o["max_duration_s"]:
-        raise DroppedExample("too_long", f"{duration:.2f} s")
-
-    text = " ".join((text or "").split())
-    if not text:
-        raise DroppedExample("empty_transcript")
-    bad = set(text) - o["allowed_chars"]
-    if bad:
-        if o["oov"] == "drop":
-            raise DroppedExample("oov_characters", repr("".join(sorted(bad))))
-        if o["oov"] == "remove":
-            text = " ".join("".join(c for c in text if c not in bad).split())
-            if not text:
-                raise DroppedExample("empty_transcript", "empty after removing OOV characters")
-    labels = list(o["tokenizer"](text, add_special_tokens=False)["input_ids"])
+    check_duration(duration, o)
+    text, labels = prepare_transcript(text, o)
 
     fe = o["feature_extractor"]
     out = fe(array, sampling_rate=o["sampling_rate"], return_tensors="np", return_attention_mask=True)
@@ -144,10 +161,7 @@ def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
     num_frames = int(out["attention_mask"][0].sum()) if "attention_mask" in out else features.shape[0]
     features = np.ascontiguousarray(features[:num_frames], dtype=np.float32)
 
-    needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))  # a blank between repeats
-    available = int(ctc_output_length(num_frames, o["subsampling_factor"]))
-    if needed > available:
-        raise DroppedExample("ctc_infeasible", f"needs {needed} output frames, has {available}")
+    check_ctc_feasible(labels, num_frames, o)
     return text, features, labels, duration
 
 
