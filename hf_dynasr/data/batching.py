@@ -13,7 +13,7 @@ from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataCollatorCTCWithPadding", "DurationBatchSampler"]
+__all__ = ["DataCollatorCTCWithPadding", "DurationBatchSampler", "pack_by_duration"]
 
 
 # ==========================================================================================================
@@ -34,6 +34,25 @@ class _EpochHook:
 
     def __len__(self) -> int:
         return len(self._owner.lengths)
+
+
+def pack_by_duration(lengths: np.ndarray, order: np.ndarray, max_batch_seconds: float,
+                     max_batch_size: int | None = None) -> list[list[int]]:
+    """Cut ``order`` (indices into ``lengths``, seconds) into consecutive batches whose padded size
+    ``len(batch) * max(lengths[batch])`` stays within ``max_batch_seconds`` (an item longer than that alone)."""
+    batches, batch, longest = [], [], 0.0
+    for i in order.tolist():
+        length = lengths[i]
+        new_longest = max(longest, length)
+        full = max_batch_size is not None and len(batch) >= max_batch_size
+        if batch and (full or new_longest * (len(batch) + 1) > max_batch_seconds):
+            batches.append(batch)
+            batch, new_longest = [], length
+        batch.append(i)
+        longest = new_longest
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class DurationBatchSampler(torch.utils.data.Sampler):
@@ -90,19 +109,7 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         self.epoch = int(epoch)
 
     def _pack(self, order: np.ndarray) -> list[list[int]]:
-        batches, batch, longest = [], [], 0.0
-        for i in order.tolist():
-            length = self.lengths[i]
-            new_longest = max(longest, length)
-            full = self.max_batch_size is not None and len(batch) >= self.max_batch_size
-            if batch and (full or new_longest * (len(batch) + 1) > self.max_batch_seconds):
-                batches.append(batch)
-                batch, new_longest = [], length
-            batch.append(i)
-            longest = new_longest
-        if batch:
-            batches.append(batch)
-        return batches
+        return pack_by_duration(self.lengths, order, self.max_batch_seconds, self.max_batch_size)
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """The batches of ``epoch`` (default: the current one)."""

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 _IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked datasets.map worker
 
 __all__ = ["DROP_REASONS", "DroppedExample", "FilterReport", "ctc_output_length", "prepare_dataset", "prepare_example",
-           "preparation_options", "prepare_transcript", "check_duration", "check_ctc_feasible"]
+           "preparation_options", "prepare_transcript", "check_duration", "check_ctc_feasible",
+           "keep_usable", "DROP_COLUMNS"]
 
 
 DROP_REASONS = ("missing_audio", "unreadable_audio", "empty_audio", "non_finite_audio", "too_short", "too_long",
@@ -193,7 +194,7 @@ def _prepare_batch(batch: dict[str, list], **o) -> dict[str, list]:
     return out
 
 
-_HELPER_COLUMNS = ["_drop_reason", "_drop_path", "_drop_detail"]
+DROP_COLUMNS = ["_drop_reason", "_drop_path", "_drop_detail"]
 
 
 def prepare_dataset(
@@ -238,7 +239,7 @@ def prepare_dataset(
         return _prepare_streaming(ds, map_kwargs, report), report
     mapped = ds.map(_prepare_batch, writer_batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
                     desc="Preparing speech features", **map_kwargs)
-    prepared = _keep_usable(mapped, report)
+    prepared = keep_usable(mapped, report)
     logger.info("%s", report)
     return prepared, report
 
@@ -281,7 +282,7 @@ def _output_features(features, audio_column: str, text_column: str, n_mels: int)
         "labels": _ListFeature(Value("int32")),
         "input_length": Value("int32"),
         "duration": Value("float32"),
-        **{c: Value("string") for c in _HELPER_COLUMNS},
+        **{c: Value("string") for c in DROP_COLUMNS},
     })
     return out
 
@@ -296,12 +297,12 @@ def _prepare_streaming(ds: IterableDataset, map_kwargs: dict, report: FilterRepo
 
     mapped = ds.map(_prepare_batch, **map_kwargs)
     prepared = mapped.filter(account, input_columns=["_drop_reason", "_drop_path", "_drop_detail", "duration"])
-    return prepared.remove_columns(_HELPER_COLUMNS)
+    return prepared.remove_columns(DROP_COLUMNS)
 
 
-def _keep_usable(mapped: Dataset, report: FilterReport) -> Dataset:
+def keep_usable(mapped: Dataset, report: FilterReport) -> Dataset:
     """The rows of `mapped` with no drop reason; every row counted into `report`."""
-    meta = mapped.select_columns(_HELPER_COLUMNS + ["duration"]).with_format(None)[:]
+    meta = mapped.select_columns(DROP_COLUMNS + ["duration"]).with_format(None)[:]
     kept = []
     for i, (reason, path, detail, duration) in enumerate(
         zip(meta["_drop_reason"], meta["_drop_path"], meta["_drop_detail"], meta["duration"])
@@ -310,4 +311,4 @@ def _keep_usable(mapped: Dataset, report: FilterReport) -> Dataset:
         if not reason:
             kept.append(i)
     prepared = mapped.select(kept) if len(kept) < len(mapped) else mapped
-    return prepared.remove_columns(_HELPER_COLUMNS)
+    return prepared.remove_columns(DROP_COLUMNS)

@@ -20,7 +20,7 @@ from hf_dynasr.json_io import read_json
 from hf_dynasr.models.dynasr import FULL
 from hf_dynasr.trainer.anomaly import AnomalyDetector
 from hf_dynasr.trainer.callbacks import TrainerCallback
-from hf_dynasr.trainer.checkpointing import save_checkpoint
+from hf_dynasr.trainer.checkpointing import load_checkpoint, save_checkpoint, training_objects
 from hf_dynasr.trainer.nonfinite import NonFiniteCounter, grads_finite, loss_finite
 from hf_dynasr.trainer.reports import ChoiceDigest, run_eval
 from hf_dynasr.trainer.setup import Run, prepare_again
@@ -54,7 +54,7 @@ def resume(run: Run) -> LoopState:
     selector and DMAO (the loop then skips the batches of the epoch that were already consumed)."""
     state = LoopState(NonFiniteCounter(run.args.max_nonfinite_steps))
     if run.resume_dir:
-        run.accelerator.load_state(run.resume_dir)
+        load_checkpoint(run.resume_dir, run.accelerator, training_objects(run))
         saved = read_json(os.path.join(run.resume_dir, "trainer_state.json"))
         state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
         state.nonfinite.total = saved.get("nonfinite_steps_skipped", 0)
@@ -87,16 +87,25 @@ class TrainingLoop:
             else:
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
         self.progress.close()
+        run.data.write_report(run.accelerator, run.args.output_dir)
 
     def epoch_batches(self):
-        """The batches of the current epoch that are still to come."""
+        """The batches of the current epoch that are still to come (the stream has one endless epoch)."""
         run, state = self.run, self.state
-        run.data.sampler.shuffle = not (run.args.sortagrad and state.epoch == 0)
-        run.data.sampler.set_epoch(state.epoch)
-        run.data.loader.set_epoch(state.epoch)
-        if state.batches_in_epoch:
-            return run.accelerator.skip_first_batches(run.data.loader, state.batches_in_epoch)
-        return run.data.loader
+        if run.data.sampler is None:  # the stream: its workers drop the batches a resumed run consumed
+            run.data.loader.dataset.skip_batches = state.batches_in_epoch
+            loader = run.data.loader
+        else:
+            run.data.sampler.shuffle = not (run.args.sortagrad and state.epoch == 0)
+            run.data.sampler.set_epoch(state.epoch)
+            run.data.loader.set_epoch(state.epoch)
+            loader = run.data.loader
+            if state.batches_in_epoch:
+                loader = run.accelerator.skip_first_batches(run.data.loader, state.batches_in_epoch)
+        return run.data.batches(loader, run.accelerator, on_empty=self.skip_empty_batch)
+
+    def skip_empty_batch(self) -> None:
+        self.state.batches_in_epoch += 1  # consumed: a resumed run skips it too
 
     # --- one batch ----------------------------------------------------------------------------------------
     def train_batch(self, batch) -> dict | None:
@@ -208,6 +217,6 @@ class TrainingLoop:
 
     def checkpoint(self) -> None:
         run, step = self.run, self.state.step
-        save_checkpoint(run.accelerator, run.checkpoint_dir, step, self.state.trainer_state(), run.unwrapped.config,
+        save_checkpoint(run.accelerator, run.checkpoint_dir, step, self.state.trainer_state(), training_objects(run),
                         run.args.save_total_limit,
                         before_rename=lambda folder: self.callbacks.on_checkpoint_written(step, folder))

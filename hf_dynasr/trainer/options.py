@@ -30,6 +30,16 @@ class TrainArgs:
     min_duration_s: float = field(default=0.3, metadata={"help": "Drop shorter utterances (counted)."})
     max_duration_s: float = field(default=20.0, metadata={"help": "Drop longer utterances (counted)."})
     preprocessing_num_workers: int = field(default=1, metadata={"help": "Processes for feature extraction."})
+    data_pipeline: str = field(default="auto", metadata={"help": (
+        "precomputed: features of the whole training set computed once and cached (fastest for small corpora); "
+        "on_the_fly: an index of audio-header durations, features computed in the DataLoader workers every time "
+        "(flat memory and disk at any corpus size); streaming: a shuffled stream (a Hub dataset read with "
+        "streaming=True, or a local corpus), each process and worker its own shard, batches bucketed by duration; "
+        "auto: precomputed up to --precompute_max_hours of training audio, else on_the_fly.")})
+    precompute_max_hours: float = field(default=10.0, metadata={"help": "auto: the largest training set (hours) "
+                                                                        "whose features are precomputed."})
+    streaming_shuffle_buffer: int = field(default=1000, metadata={"help": "streaming: rows in the shuffle buffer "
+                                                                          "of each shard."})
     model: dict | str | None = field(default=None, metadata={"help": "DynaSRConfig arguments (dict or JSON)."})
     init_from: str | None = field(default=None, metadata={"help": "Start from this checkpoint's weights."})
     subnets: dict | str | None = field(default=None, metadata={"help": "Sizes: name -> fraction, target or {target, criterion}."})

@@ -133,11 +133,10 @@ def build_run(args: TrainArgs, accelerator: Accelerator, data: TrainData) -> Run
                                   total_steps=args.max_steps, stage1_fraction=selection.stage1_fraction,
                                   index=model.component_index, **selection.method_options)
         selector.to(accelerator.device)  # not prepared (its scores are outside DDP): moved here, before the optimizer
-        accelerator.register_for_checkpointing(selector)
+    # selector and DMAO are saved by hf_dynasr.trainer.checkpointing as safetensors + JSON, never registered with
+    # accelerate, whose save_state pickles registered objects
     dmao_config = args.dmao_config()
     dmao = DMAO(model, dmao_config, total_steps=args.max_steps) if dmao_config else None
-    if dmao is not None:
-        accelerator.register_for_checkpointing(dmao)
     return Run(args, accelerator, data, model, model, sizes, criterion, selection, selector, dmao, resume_dir)
 
 
@@ -175,8 +174,11 @@ def prepare(run: Run) -> None:
         fused=run.accelerator.device.type in ("cpu", "cuda"))
     scheduler = build_scheduler(optimizer, args.lr_scheduler, args.max_steps,
                                 warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction)
-    run.model, run.optimizer, run.data.loader, run.scheduler = run.accelerator.prepare(
-        run.model, optimizer, run.data.loader, scheduler)
+    if run.data.prepared_by_accelerate:
+        run.model, run.optimizer, run.data.loader, run.scheduler = run.accelerator.prepare(
+            run.model, optimizer, run.data.loader, scheduler)
+    else:  # the stream: each process reads its own shard (StreamingSpeechBatches)
+        run.model, run.optimizer, run.scheduler = run.accelerator.prepare(run.model, optimizer, scheduler)
 
 
 def prepare_again(run: Run) -> None:
@@ -190,8 +192,12 @@ def prepare_again(run: Run) -> None:
     accelerator = run.accelerator
     micro_steps = accelerator.step
     accelerator.free_memory()
-    run.model, run.optimizer, run.data.loader, run.scheduler = accelerator.prepare(
-        run.unwrapped, run.optimizer, run.data.loader, run.scheduler.scheduler)
+    if run.data.prepared_by_accelerate:
+        run.model, run.optimizer, run.data.loader, run.scheduler = accelerator.prepare(
+            run.unwrapped, run.optimizer, run.data.loader, run.scheduler.scheduler)
+    else:
+        run.model, run.optimizer, run.scheduler = accelerator.prepare(
+            run.unwrapped, run.optimizer, run.scheduler.scheduler)
     accelerator.step = micro_steps
 
 
