@@ -21,7 +21,7 @@ from .components_dynasr import MODULE_NAMES, RESIDUAL_SCALE, module_names
 from .configuration_dynasr import DynaSRConfig
 from .ebranchformer_dynasr import DynaSREBranchformerBlock
 from .frontend_dynasr import FRONTENDS, frame_mask, subsampled_lengths
-from .loading_dynasr import load_subnet_lazily
+from .loading_dynasr import check_whole_checkpoint, load_subnet_lazily
 from .modules_dynasr import MODULE_CLASSES, GatedChannelModule, ModuleRoute, apply_module
 from .specaugment_dynasr import spec_augment
 from .subnets_dynasr import FULL, SubnetMixin
@@ -65,6 +65,9 @@ class DynaSRPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DynaSREncoderBlock", "DynaSREBranchformerBlock"]
     _supports_sdpa = False  # SDPA is called directly, not through the attention interface
     supports_gradient_checkpointing = True  # the blocks are GradientCheckpointingLayers
+    # the only tensors a checkpoint may lack: the chunk-wise norm's, which `_init_weights` sets to the identity
+    # (ones, zeros), not to random values; any other missing tensor is refused (`check_whole_checkpoint`)
+    _keys_to_ignore_on_load_missing = [r"\.norm_(weight|bias)$"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -161,6 +164,7 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
             raise ValueError("pass exactly one of input_features (log-mel frames) and inputs_embeds (frontend output)")
         if inputs_embeds is None:
             lengths = self._check_inputs(input_features, attention_mask)
+            input_features = input_features.to(self.dtype)  # float32 log-mel into an fp16/bf16 checkpoint
         else:
             lengths = self._check_embeds(inputs_embeds, attention_mask)
         name = self.resolve_subnet(subnet)
@@ -217,6 +221,13 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         batch, frames, _ = input_features.shape
         if batch == 0 or frames == 0:
             raise ValueError(f"input_features is empty (shape {tuple(input_features.shape)}); pass at least one frame")
+        if has_values(input_features) and not torch.isfinite(input_features).all():
+            bad = (~torch.isfinite(input_features)).flatten(1).any(-1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"input_features of utterance(s) {bad} contain NaN or Inf (audio with non-finite samples, or "
+                "samples far outside [-1, 1]): refused, a transcript of them would be meaningless. Check the "
+                "audio; hf_dynasr.data.load_audio decodes and scales it as training does."
+            )
         if attention_mask is None:
             lengths = torch.full((batch,), frames, dtype=torch.long, device=input_features.device)
         elif tuple(attention_mask.shape) != (batch, frames):
@@ -254,12 +265,14 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         Without `subnet` (and no `active_subnet` in the checkpoint) it returns the whole checkpoint.
         A strict size is loaded lazily: only its tensors and slices are read from the safetensors
         weights (`loading_dynasr.load_subnet_lazily`; the model's `lazy_load_info` says what was read);
-        other cases use the regular loader."""
+        other cases use the regular loader, after `loading_dynasr.check_whole_checkpoint` compared config.json
+        with the weights (missing, unexpected or integer-stored tensors and absurd sizes are refused)."""
         # weights only from safetensors: a Hub repo's pytorch_model.bin would be unpickled, which can run code
         kwargs.setdefault("use_safetensors", True)
         loaded = load_subnet_lazily(cls, pretrained_model_name_or_path, *model_args, **kwargs)
         if loaded is not None:
             return loaded
+        check_whole_checkpoint(cls, pretrained_model_name_or_path, *model_args, **kwargs)
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         name = model.config.active_subnet
         if name is not None and name != FULL and model.subnet_ids(name) is not None:

@@ -14,11 +14,14 @@ import os
 import struct
 
 import torch
+from safetensors import safe_open
 from transformers.utils.hub import cached_file, is_offline_mode
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "pytorch_model.pt")
+#: safetensors dtype names of floating-point tensors (weights stored as anything else are not float weights)
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 class CheckpointFormatError(OSError):
@@ -42,9 +45,12 @@ def runs(indices) -> list[tuple[int, int]]:
 class SafetensorsReader:
     """Reads tensors and slices from one or more safetensors files (a sharded checkpoint) and counts them."""
 
-    def __init__(self, weight_map: dict[str, str], files: dict[str, str]):
+    def __init__(self, weight_map: dict[str, str], files: dict[str, str], total_size: int | None = None):
         self.weight_map = weight_map  # tensor name -> shard name
         self.files = files  # shard name -> local path
+        # bytes of all tensors: the index's metadata.total_size, or the one file's size; None if unknown
+        self.total_size = total_size if total_size is not None or weight_map else os.path.getsize(
+            files[SAFE_WEIGHTS_NAME])
         self._handles: dict[str, object] = {}
         self.bytes_read = 0
         self.tensors_read: list[str] = []
@@ -76,8 +82,9 @@ class SafetensorsReader:
             )
         try:
             with open(index_file, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (OSError, ValueError, KeyError) as err:
+                index = json.load(f)
+            weight_map, total_size = index["weight_map"], (index.get("metadata") or {}).get("total_size")
+        except (OSError, ValueError, KeyError, AttributeError) as err:
             raise CheckpointFormatError(f"{index_file} is not a valid safetensors index: {err}") from err
         shards = sorted(set(weight_map.values() if needed_keys is None
                             else (weight_map[k] for k in needed_keys if k in weight_map)))
@@ -86,7 +93,7 @@ class SafetensorsReader:
             if not shard.endswith(".safetensors"):
                 raise CheckpointFormatError(f"{index_file} names a non-safetensors shard {shard!r}")
             files[shard] = cached_file(path, shard, **download_kwargs)
-        return cls(weight_map, files)
+        return cls(weight_map, files, int(total_size) if isinstance(total_size, (int, float)) else None)
 
     def _file(self, key: str):
         """(header, local path, fd) of the file holding `key`; KeyError if no file holds it."""
@@ -109,6 +116,14 @@ class SafetensorsReader:
         except KeyError:
             return None
         return tuple(header[key]["shape"]) if key in header else None
+
+    def dtype(self, key: str) -> str | None:
+        """Stored safetensors dtype name of `key` ("F32", "BF16", "I8", ...), or None when it is not held."""
+        try:
+            header, _, _ = self._file(key)
+        except KeyError:
+            return None
+        return header[key]["dtype"] if key in header else None
 
     def read(self, key: str, slices) -> torch.Tensor:
         """The tensor `key` restricted by `slices` = [(dim, indices), ...]; reads only the selected bytes.
@@ -215,6 +230,18 @@ def _open_safetensors(path: str) -> tuple[dict, int]:
         os.close(fd)
         raise
     return header, fd
+
+
+def stored_tensors(files) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{tensor name: (shape, safetensors dtype name)} from the headers of safetensors `files` (paths), read by
+    safetensors itself (its errors for a truncated or corrupted file pass through); no tensor data is read."""
+    out = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                tensor_slice = f.get_slice(key)
+                out[key] = (tuple(tensor_slice.get_shape()), tensor_slice.get_dtype())
+    return out
 
 
 def pread_into(fd: int, view: memoryview, offset: int, path: str, key: str) -> None:
