@@ -51,8 +51,10 @@ def evaluate_checkpoint(
 ) -> dict:
     """Evaluate every size of a supernet checkpoint (or the one size of a per-size checkpoint).
 
-    `dataset`: a `datasets.Dataset` (or any sequence of rows) with `audio` (16 kHz array, or a dict-like
-    with "array") and `text`; `None` skips WER/CER (costs and latency only). Returns a JSON-able dict
+    `dataset`: a `datasets.Dataset` (or any sequence of rows) with `audio` (an array at the feature extractor's
+    rate, a dict-like with "array" and "sampling_rate" (resampled), a path, ...: see `inference.audio_array`,
+    which refuses NaN/Inf or empty audio naming the row) and `text`; `None` skips WER/CER (costs and latency
+    only). Returns a JSON-able dict
     `{"checkpoint", "dataset", "split", "num_utterances", "audio_duration_s", "machine", "reference_duration_s",
     "latency_setup", "sizes": {name: {wer, cer, substitutions, deletions, insertions, hits, num_words,
     num_parameters, flops, latency_ms, feature_extraction_ms, rtf, ...}}}`, sizes ordered by parameters.
@@ -113,7 +115,7 @@ def _transcribe(models: dict, processor, batches, decoder):
     lm_hyps: dict[str, list[str]] = {name: [] for name in models}
     seconds = 0.0
     for audio, texts in batches:
-        arrays = [audio_array(a, rate) for a in audio]
+        arrays = [audio_array(a, rate, f"row {len(refs) + i}") for i, a in enumerate(audio)]
         seconds += sum(len(a) for a in arrays) / rate
         refs.extend(texts)
         features = feature_extractor(arrays, sampling_rate=rate, return_tensors="pt", padding=True,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor
 
+from hf_dynasr.data.audio import load_audio
 from hf_dynasr.models.dynasr.frontend_dynasr import frame_mask, subsampled_lengths
 from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
 from hf_dynasr.models.dynasr.subnets_dynasr import FULL
@@ -76,28 +77,25 @@ def by_cost(sizes: Mapping[str, Mapping]) -> dict:
     return dict(sorted(sizes.items(), key=lambda kv: (kv[1]["num_parameters"], kv[1]["flops"])))
 
 
-def audio_array(item, sampling_rate: int) -> np.ndarray:
-    """A dataset row's audio as mono float32: an array, a `{"array", "sampling_rate"}` dict or a
-    datasets/torchcodec AudioDecoder. Audio at another rate than `sampling_rate` is refused (not resampled)."""
-    rate = None
+def audio_array(item, sampling_rate: int, name: str = "audio") -> np.ndarray:
+    """Audio to transcribe as mono float32 at `sampling_rate`, decoded and normalised as training's data is
+    (`hf_dynasr.data.load_audio`): any rate resampled, integer PCM scaled to [-1, 1), channels averaged.
+
+    `item`: an array or tensor (taken to be at `sampling_rate`), a `{"array", "sampling_rate"}` dict, a path or
+    `{"path", "bytes"}` dict, or a datasets/torchcodec AudioDecoder. Raises ValueError naming `name` (its path
+    when it has one) for NaN/Inf samples or empty audio: their transcript would be a silent ''."""
     if hasattr(item, "shape") or isinstance(item, (list, tuple)):
-        array = item
-    else:
-        array = item["array"]
-        try:
-            rate = item["sampling_rate"]
-        except (KeyError, IndexError, TypeError):
-            rate = None
-    if hasattr(array, "numpy"):
-        array = array.numpy()
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2:  # channels first (torchcodec) or last: downmix
-        array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1)
-    if rate is not None and int(rate) != sampling_rate:
-        raise ValueError(
-            f"audio is sampled at {rate} Hz but the feature extractor expects {sampling_rate} Hz; resample first "
-            f"(e.g. dataset.cast_column('audio', datasets.Audio(sampling_rate={sampling_rate})))"
-        )
+        item = {"array": item, "sampling_rate": sampling_rate}
+    elif isinstance(item, Mapping):
+        name = item.get("path") or name
+        if item.get("array") is not None and item.get("sampling_rate") is None:
+            item = {**item, "sampling_rate": sampling_rate}
+    array = load_audio(item, sampling_rate)
+    if array.size == 0:
+        raise ValueError(f"{name}: the audio is empty (0 samples); there is nothing to transcribe")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: the audio has NaN or Inf samples ({int((~np.isfinite(array)).sum())} of "
+                         f"{array.size}); refused, a transcript of it would be meaningless. Fix or drop this input.")
     return array
 
 
@@ -115,11 +113,13 @@ def greedy_transcribe(model, input_features, attention_mask, tokenizer, subnet=N
 
 
 def transcribe_batch(model, feature_extractor, tokenizer, arrays, *, features=None, subnet=None, decoder=None):
-    """Greedy CTC transcription of a list of 16 kHz arrays (or precomputed `features`).
+    """Greedy CTC transcription of a list of audio `arrays` (at the feature extractor's rate unless given as
+    `{"array", "sampling_rate"}`; checked and normalised by `audio_array`), or of precomputed `features`.
 
     With `decoder` (e.g. `hf_dynasr.lm.decoding.LexiconLMDecoder`: `decode(logits, lengths) -> list[str]`),
     returns `(greedy, decoded)` from the same forward pass."""
     if features is None:
+        arrays = [audio_array(a, feature_extractor.sampling_rate, f"arrays[{i}]") for i, a in enumerate(arrays)]
         features = feature_extractor(arrays, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt",
                                      padding=True, return_attention_mask=True)
     greedy, logits, lengths = greedy_transcribe(model, features["input_features"], features["attention_mask"],
