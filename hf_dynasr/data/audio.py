@@ -12,6 +12,7 @@ import functools
 import io
 import math
 import os
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,11 +22,17 @@ import torch
 
 from hf_dynasr.data.processing import SAMPLING_RATE
 
-__all__ = ["AudioDecodeError", "load_audio", "resample"]
+__all__ = ["AudioDecodeError", "TruncatedAudioError", "load_audio", "resample"]
 
 
 class AudioDecodeError(RuntimeError):
-    """The audio exists but cannot be decoded (corrupt, or a format no installed decoder reads)."""
+    """The audio exists but cannot be decoded (corrupt, not a regular file, or a format no installed decoder
+    reads)."""
+
+
+class TruncatedAudioError(AudioDecodeError):
+    """The file holds fewer frames than its header declares (an interrupted copy or download): what can be
+    decoded is only the start of the utterance its transcript describes."""
 
 
 def load_audio(source: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
@@ -34,7 +41,9 @@ def load_audio(source: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     ``source``: a path, encoded bytes, a ``{"path", "bytes"}`` dict (``Audio(decode=False)`` rows), a
     ``{"array", "sampling_rate"}`` dict, or a ``datasets`` decoded audio object. Raises
     ``FileNotFoundError`` if there is no bytes and the path does not exist, ``AudioDecodeError`` if it
-    cannot be decoded. Empty audio gives an empty array (no error).
+    cannot be decoded or the path is not a regular file (reading a FIFO would block forever),
+    ``TruncatedAudioError`` if a WAV holds fewer frames than its header declares. Empty audio gives an empty
+    array (no error).
     """
     data, orig_sr = _read_audio(source)
     data = _pcm_to_float(np.asarray(data))
@@ -81,9 +90,10 @@ def _read_audio(source: Any) -> tuple[np.ndarray, int]:
             raise FileNotFoundError("no audio bytes and no path")
         if not os.path.exists(path):
             raise FileNotFoundError(path)
+        if not os.path.isfile(path):  # a FIFO would block the read forever; a device or folder is no audio
+            raise AudioDecodeError(f"{path} is not a regular file")
     try:
         array, sr = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=True)
-        return array, sr
     except Exception as sf_error:
         try:  # other containers (mp3 on old libsndfile, m4a, ...) via FFmpeg
             from torchcodec.decoders import AudioDecoder
@@ -94,6 +104,40 @@ def _read_audio(source: Any) -> tuple[np.ndarray, int]:
         except Exception as exc:
             raise AudioDecodeError(f"soundfile: {sf_error}; torchcodec: {str(exc).splitlines()[0]}") from exc
         return samples.data.numpy().T, int(samples.sample_rate)
+    declared = _wav_declared_frames(io.BytesIO(data) if data is not None else path)
+    if declared is not None and array.shape[0] < declared:
+        # libsndfile reads a cut WAV without an error, up to its end
+        raise TruncatedAudioError(f"truncated: the WAV header declares {declared} frames, the file holds "
+                                  f"{array.shape[0]}")
+    return array, sr
+
+
+_UNKNOWN_DATA_SIZE = 0x7FFFF000  # streaming writers put 0xFFFFFFFF (or a large dummy) before the length is known
+
+
+def _wav_declared_frames(source) -> int | None:
+    """Frames the ``data`` chunk of a RIFF/RIFX WAV header declares; None for other formats, an unknown length
+    (a streamed WAV) or an unparsable header."""
+    with source if not isinstance(source, str) else open(source, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+            return None
+        order = "<" if head[:4] == b"RIFF" else ">"
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            if kind == b"fmt ":
+                fmt = f.read(size + (size & 1))
+                block_align = struct.unpack(order + "H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif kind == b"data":
+                if not block_align or size == 0 or size >= _UNKNOWN_DATA_SIZE:
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), io.SEEK_CUR)
 
 
 @functools.lru_cache(maxsize=16)

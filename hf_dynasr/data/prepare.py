@@ -22,7 +22,7 @@ try:  # datasets >= 4
 except ImportError:  # pragma: no cover
     from datasets import Sequence as _ListFeature
 
-from hf_dynasr.data.audio import load_audio
+from hf_dynasr.data.audio import TruncatedAudioError, load_audio
 from hf_dynasr.data.processing import SAMPLING_RATE
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ __all__ = ["DROP_REASONS", "DroppedExample", "FilterReport", "ctc_output_length"
            "keep_usable", "DROP_COLUMNS"]
 
 
-DROP_REASONS = ("missing_audio", "unreadable_audio", "empty_audio", "non_finite_audio", "too_short", "too_long",
-                "empty_transcript", "oov_characters", "ctc_infeasible", "processing_error")
+DROP_REASONS = ("missing_audio", "unreadable_audio", "truncated_audio", "empty_audio", "non_finite_audio", "too_short",
+                "too_long", "empty_transcript", "oov_characters", "ctc_infeasible", "processing_error")
 
 
 def ctc_output_length(num_frames, subsampling_factor: int = 4):
@@ -122,7 +122,9 @@ def prepare_transcript(text, o) -> tuple[str, list[int]]:
     bad = set(text) - o["allowed_chars"]
     if bad:
         if o["oov"] == "drop":
-            raise DroppedExample("oov_characters", repr("".join(sorted(bad))))
+            # digits reach this check (the loader keeps them): how a number is read is not a character rule's guess
+            spell = ": spell numbers out (3 -> three)" if any(c.isdigit() for c in bad) else ""
+            raise DroppedExample("oov_characters", repr("".join(sorted(bad))) + spell)
         if o["oov"] == "remove":
             text = " ".join("".join(c for c in text if c not in bad).split())
             if not text:
@@ -146,6 +148,8 @@ def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
         array = load_audio(audio, o["sampling_rate"])
     except FileNotFoundError as exc:
         raise DroppedExample("missing_audio", f"not found: {exc}") from None
+    except TruncatedAudioError as exc:
+        raise DroppedExample("truncated_audio", str(exc)) from None
     except Exception as exc:
         raise DroppedExample("unreadable_audio", f"{type(exc).__name__}: {exc}"[:300]) from None
     if array.size == 0:
@@ -161,6 +165,8 @@ def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
     features = out["input_features"][0]
     num_frames = int(out["attention_mask"][0].sum()) if "attention_mask" in out else features.shape[0]
     features = np.ascontiguousarray(features[:num_frames], dtype=np.float32)
+    if not np.isfinite(features).all():  # finite samples far outside [-1, 1] overflow the mel power
+        raise DroppedExample("non_finite_audio", f"non-finite features (peak sample {np.abs(array).max():.3g})")
 
     check_ctc_feasible(labels, num_frames, o)
     return text, features, labels, duration

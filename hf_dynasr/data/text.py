@@ -7,6 +7,11 @@ import functools
 import re
 import unicodedata
 
+#: The characters ``load_speech_dataset`` keeps in a transcript by default: the training characters plus digits,
+#: so that a transcript with a number reaches preparation whole and is dropped and counted there (as characters
+#: outside the vocabulary) instead of silently losing the spoken number ("I have 3 cats" -> "i have cats").
+TRANSCRIPT_CHARACTERS = "a-z0-9' "
+
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u02bc": "'"})
 
 

@@ -15,7 +15,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
-from hf_dynasr.data.loading import parse_spec
+from hf_dynasr.data.loading import check_distinct_splits, parse_spec
 from hf_dynasr.data.prepare import DROP_REASONS, FilterReport, preparation_options
 from hf_dynasr.data.processing import build_processor
 from hf_dynasr.data.streaming import (
@@ -102,6 +102,11 @@ def build_data(args: TrainArgs, accelerator: Accelerator) -> TrainData:
     feature_extractor = processor.feature_extractor
     options = preparation_options(feature_extractor, processor.tokenizer, min_duration_s=args.min_duration_s,
                                   max_duration_s=args.max_duration_s)
+    try:  # on every process, before any waits for another: a corpus without the eval split's folder must not
+        # be evaluated on its training rows
+        check_distinct_splits(args.train_data, args.train_split, args.eval_data or args.train_data, args.eval_split)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     with accelerator.main_process_first():
         eval_ds, eval_report = _eval_set(args, processor)
         if args.data_pipeline == "streaming":
@@ -124,7 +129,7 @@ def _eval_set(args: TrainArgs, processor):
 
 def _indexed(args: TrainArgs, processor, options: dict) -> TrainData:
     """precomputed or on_the_fly (auto: by the hours the header index finds)."""
-    raw = load_speech_dataset(args.train_data, split=args.train_split)
+    raw = load_speech_dataset(args.train_data, split=args.train_split, duplicates="drop")
     pipeline = args.data_pipeline
     index = report = None
     if pipeline != "precomputed":
@@ -158,7 +163,7 @@ def _streaming(args: TrainArgs, accelerator: Accelerator, processor, options: di
     if kind == "hub":
         stream = load_speech_dataset(args.train_data, split=args.train_split, streaming=True)
     else:
-        raw = load_speech_dataset(args.train_data, split=args.train_split)
+        raw = load_speech_dataset(args.train_data, split=args.train_split, duplicates="drop")
         shards = accelerator.num_processes * max(1, args.dataloader_num_workers)
         stream = raw.to_iterable_dataset(num_shards=max(1, min(len(raw), max(64, shards))))
     fe = processor.feature_extractor
