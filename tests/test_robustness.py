@@ -294,39 +294,41 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, m
     from accelerate import Accelerator
 
     import hf_dynasr.trainer.checkpointing as ckpt
+    from hf_dynasr.trainer import state_files
 
     model = make_model()
     accelerator = Accelerator(cpu=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model, optimizer = accelerator.prepare(model, optimizer)
+    objects = state_files.TrainingObjects(model, optimizer)
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    ckpt.save_checkpoint(accelerator, str(folder), 2, {"step": 2}, model.config, keep_last=2)
+    ckpt.save_checkpoint(accelerator, str(folder), 2, {"step": 2}, objects, keep_last=2)
     before = _tree_digest(folder / "step_2")
 
-    real_save = torch.save
+    real_save = state_files.save_file
 
-    def full_disk(obj, f, *args, **kwargs):  # write a little, then fail as a full disk does
+    def full_disk(tensors, f, *args, **kwargs):  # write a little, then fail as a full disk does
         with open(f, "wb") as handle:
             handle.write(b"\0" * 10)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(state_files, "save_file", full_disk)  # a real full disk: test_checkpoint_safety.py
     with pytest.raises(OSError, match=r"disk full while writing checkpoint .*\.tmp-step_4 \(removed; the previous "
                                       r"checkpoint .*step_2 is intact\)") as err:
-        ckpt.save_checkpoint(accelerator, str(folder), 4, {"step": 4}, model.config, keep_last=2)
+        ckpt.save_checkpoint(accelerator, str(folder), 4, {"step": 4}, objects, keep_last=2)
     assert err.value.errno == errno.ENOSPC
     assert sorted(os.listdir(folder)) == ["step_2"]
     assert _tree_digest(folder / "step_2") == before
-    monkeypatch.setattr(torch, "save", real_save)
-    accelerator.load_state(str(folder / "step_2"))  # still loadable
+    monkeypatch.setattr(state_files, "save_file", real_save)
+    ckpt.load_checkpoint(ckpt.resolve_checkpoint(str(folder), "latest"), accelerator, objects)  # still loadable
 
     def other_failure(*args, **kwargs):
         raise PermissionError(errno.EACCES, "read-only")
 
-    monkeypatch.setattr(accelerator, "save_state", other_failure)
+    monkeypatch.setattr(ckpt, "write_training_state", other_failure)
     with pytest.raises(PermissionError):  # other errors pass through unchanged, the temp folder still goes
-        ckpt.save_checkpoint(accelerator, str(folder), 6, {"step": 6}, model.config, keep_last=2)
+        ckpt.save_checkpoint(accelerator, str(folder), 6, {"step": 6}, objects, keep_last=2)
     assert sorted(os.listdir(folder)) == ["step_2"]
 
 

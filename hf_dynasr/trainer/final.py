@@ -12,9 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from hf_dynasr.json_io import write_json
+from hf_dynasr.trainer.checkpointing import (DiskFullError, any_rank_failed, disk_full_error, is_disk_full,
+                                             list_checkpoints)
 from hf_dynasr.trainer.loop import LoopState
 from hf_dynasr.trainer.reports import run_eval, weight_checksums
 from hf_dynasr.trainer.setup import Run
+from hf_dynasr.trainer.state_files import TrainingObjects, estimate_bytes
 from hf_dynasr.trainer.supernet_step import freeze_masks
 
 logger = logging.getLogger("hf_dynasr.train")
@@ -27,21 +30,56 @@ def save_final(run: Run, state: LoopState) -> None:
     results = run_eval(run.accelerator, run.unwrapped, run.data, state.step, run.args.per_device_eval_batch_size)
     checksums = weight_checksums(run.accelerator, run.unwrapped)
     digests = state.choices.check(run.accelerator, state.step)
+    err = None
     if run.accelerator.is_main_process:
-        final = os.path.join(run.args.output_dir, "final")
-        tmp = final + ".tmp"
+        try:
+            final = write_final(run.args.output_dir, run.unwrapped, run.data.processor, run.selector,
+                                training_results(run, state, results, checksums, digests), run.checkpoint_dir)
+            logger.info("final model and processor in %s", final)
+        except Exception as caught:  # noqa: BLE001  the other ranks must stop too, not wait for this one
+            err = caught
+    if any_rank_failed(run.accelerator, err is not None):
+        raise err if err is not None else RuntimeError("writing final/ failed on the main process (its log says why)")
+
+
+def write_final(output_dir: str, model, processor, selector, results: dict, checkpoint_dir: str) -> str:
+    """OUTPUT/final/: model, processor, the selector's scores (safetensors, never pickled) and training_results.json,
+    written into final.tmp/ and renamed. On a full disk (too little free space for the model, or a write failing)
+    final.tmp/ is removed and a `DiskFullError` says which checkpoint of the run is intact and how to finish."""
+    final = os.path.join(output_dir, "final")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        needed = estimate_bytes(TrainingObjects(model, selector=selector))  # with room for the small files
+        free = shutil.disk_usage(output_dir).free
+        if free < needed:
+            raise _final_disk_full(tmp, checkpoint_dir, f"not started: about {needed / 1e6:.1f} MB needed, "
+                                                        f"{free / 1e6:.1f} MB free")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if selector is not None:
+            save_file({k: v.contiguous() for k, v in selector.state_dict().items()},
+                      os.path.join(tmp, "selector.safetensors"))
+        write_json(os.path.join(tmp, "training_results.json"), results)
+    except Exception as err:
+        full = not isinstance(err, DiskFullError) and is_disk_full(err, output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
-        run.unwrapped.save_pretrained(tmp)
-        run.data.processor.save_pretrained(tmp)
-        if run.selector is not None:  # the selector's scores, as safetensors (never pickled)
-            scores = {k: v.contiguous() for k, v in run.selector.state_dict().items()}
-            save_file(scores, os.path.join(tmp, "selector.safetensors"))
-        write_json(os.path.join(tmp, "training_results.json"),
-                   training_results(run, state, results, checksums, digests))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        logger.info("final model and processor in %s", final)
-    run.accelerator.wait_for_everyone()
+        if full:
+            raise _final_disk_full(tmp, checkpoint_dir, "removed") from err
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _final_disk_full(tmp: str, checkpoint_dir: str, detail: str) -> DiskFullError:
+    found = list_checkpoints(checkpoint_dir)
+    if found:
+        return disk_full_error(f"the final model {tmp}", f"the run's last checkpoint {found[-1]} is intact", detail,
+                               "Free space, then run the same command with --resume_from_checkpoint latest: it "
+                               "trains any steps after that checkpoint, evaluates and writes final/ again")
+    return disk_full_error(f"the final model {tmp}", "the run wrote no checkpoint (--save_steps 0)", detail,
+                           "Free space and train again, with --save_steps N to keep checkpoints")
 
 
 def training_results(run: Run, state: LoopState, results: dict, checksums: list, digests: list) -> dict:
