@@ -17,13 +17,14 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
+import textwrap
 
 import pytest
 import torch
 from accelerate import Accelerator
 from conftest import REPO, make_model, run_train, train_in_process
 from safetensors.torch import load_file
+from test_training import DDP_LAUNCHER
 
 from hf_dynasr import DynaSRForCTC, build_processor
 from hf_dynasr.trainer import checkpointing, final
@@ -43,8 +44,6 @@ SUPERNET_DMAO = ["--model", json.dumps(MODEL), "--subnets", json.dumps({"small":
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "trainer_state.json", "manifest.json", "scheduler.json",
                     *(f"{name}.{ext}" for name in ("optimizer", "selector", "dmao", "rng_state_0")
                       for ext in ("json", "safetensors"))}
-DDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def _args(corpus, out, *extra):
@@ -323,3 +322,46 @@ def test_two_process_checkpoints_resume_bitwise(smoke_corpus, tmp_path):
     assert "at step 2" in result.stderr
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+ONE_RANK_FAILS = textwrap.dedent("""
+    import sys
+
+    import torch
+    from accelerate import Accelerator
+    from conftest import make_model
+
+    from hf_dynasr.trainer import checkpointing, state_files
+
+    accelerator = Accelerator(cpu=True)
+    model = make_model()
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    objects = state_files.TrainingObjects(accelerator.unwrap_model(model), optimizer)
+    checkpointing.save_checkpoint(accelerator, sys.argv[1], 2, {"step": 2}, objects, keep_last=2)
+    if accelerator.process_index == 1:  # this rank cannot write its RNG state
+        def unwritable(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", "rng_state_1.json")
+
+        checkpointing.write_training_state = unwritable
+    try:
+        checkpointing.save_checkpoint(accelerator, sys.argv[1], 4, {"step": 4}, objects, keep_last=2)
+    except Exception as err:
+        print(f"rank {accelerator.process_index}: {type(err).__name__}: {err}", flush=True)
+    accelerator.wait_for_everyone()
+""")
+
+
+def test_a_write_failing_on_one_rank_stops_every_rank(tmp_path):
+    """2-process DDP: rank 1 cannot write its part; both ranks raise (none waits forever), nothing is renamed."""
+    script, folder = tmp_path / "one_rank_fails.py", tmp_path / "checkpoints"
+    script.write_text(ONE_RANK_FAILS)
+    folder.mkdir()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([*DDP_LAUNCHER, str(script), str(folder)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1: PermissionError: [Errno 13] Permission denied: 'rng_state_1.json'" in result.stdout
+    assert (f"rank 0: RuntimeError: writing checkpoint {folder / '.tmp-step_4'} failed on another process (its log "
+            "says why); the folder was removed and the previous checkpoints are intact") in result.stdout
+    assert sorted(os.listdir(folder)) == ["step_2"] and checkpoint_problem(str(folder / "step_2")) is None
