@@ -136,6 +136,7 @@ def save_checkpoint(accelerator, checkpoint_dir: str, step: int, state: dict, ob
 
     def start() -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # a stale one of a killed run
+        os.makedirs(checkpoint_dir, exist_ok=True)
         needed = estimate_bytes(objects, accelerator.num_processes)
         free = shutil.disk_usage(checkpoint_dir).free
         if free < needed:
