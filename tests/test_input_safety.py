@@ -68,6 +68,8 @@ def test_eval_split_without_its_folder_is_refused(speech_clips, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no split 'dev' under .*split \(its splits: train\)"):
         load_speech_dataset(f"audiofolder:{split}", split="dev")
     assert len(load_speech_dataset(f"audiofolder:{split}", split="train")) == 4
+    with pytest.raises(FileNotFoundError, match=r"evaluation data \(--eval_data / --eval_split\): no split 'dev'"):
+        check_distinct_splits(f"audiofolder:{split}", "train", f"audiofolder:{split}", "dev")
 
     # the training script refuses before any data is prepared or any run folder is written
     out = tmp_path / "run"

@@ -181,7 +181,10 @@ def check_distinct_splits(train_spec, train_split: str | None, eval_spec, eval_s
     (``eval_split == train_split``) is taken to mean it; a missing split of a corpus with split folders raises
     ``FileNotFoundError`` (see :func:`resolve_split`)."""
     train_source, _ = resolve_split(train_spec, train_split)
-    eval_source, named = resolve_split(eval_spec, eval_split)
+    try:
+        eval_source, named = resolve_split(eval_spec, eval_split)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"evaluation data (--eval_data / --eval_split): {err}") from None
     if eval_source == train_source and not named and eval_split != train_split:
         raise ValueError(
             f"the evaluation split {eval_split!r} of {eval_spec} has no folder of its own, so it would be the "
