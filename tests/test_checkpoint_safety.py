@@ -151,6 +151,11 @@ def test_a_planted_pickle_or_the_old_pickled_format_is_refused(reference, tmp_pa
     assert "it holds optimizer.bin, random_states_0.pkl" in checkpoint_problem(str(old))
     assert resolve_checkpoint(str(ckpts), "latest") == str(ckpts / "step_2")
     assert not marker.exists()
+    manifest = json.loads((ckpts / "step_2" / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = {"bytes": 1, "sha256": "0"}  # a manifest naming files elsewhere
+    (ckpts / "step_2" / "manifest.json").write_text(json.dumps(manifest))
+    assert checkpoint_problem(str(ckpts / "step_2")) == \
+        "manifest.json lists '../../etc/passwd', which is not a file of this folder"
 
 
 def test_latest_falls_back_past_damaged_checkpoints_and_errors_name_the_file(reference, tmp_path, caplog):

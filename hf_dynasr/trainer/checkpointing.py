@@ -92,6 +92,8 @@ def checkpoint_problem(folder: str) -> str | None:
         if name not in files:
             return f"{name} is missing from {MANIFEST}"
     for name, (size, sha256) in files.items():
+        if name != os.path.basename(name) or name in ("", ".", ".."):
+            return f"{MANIFEST} lists {name!r}, which is not a file of this folder"
         file = os.path.join(folder, name)
         if not os.path.isfile(file):
             return f"{name} is missing"
