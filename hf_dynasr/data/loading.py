@@ -286,7 +286,7 @@ def _repeated_listings(cols: dict[str, list], normalize, source: str, duplicates
     listings: dict[str, list[int]] = {}
     for i, path in enumerate(cols["audio"]):
         if path:
-            listings.setdefault(os.path.realpath(path), []).append(i)
+            listings.setdefault(path, []).append(i)  # absolute and normalised by the column builders
     drop, conflicts, repeats = set(), [], 0
     for rows in (rows for rows in listings.values() if len(rows) > 1):
         texts = {normalize_text(cols["text"][i], **kwargs) if normalize else cols["text"][i] for i in rows}
