@@ -278,7 +278,7 @@ def _alarm(seconds):
     signal.alarm(seconds)
 
 
-def test_fifo_truncated_wav_and_digits_are_counted(speech_clips, tmp_path, processor):
+def test_fifo_truncated_wav_digits_and_overflow_are_counted(speech_clips, tmp_path, processor):
     from hf_dynasr.data import load_audio
     from hf_dynasr.data.audio import AudioDecodeError, TruncatedAudioError
 
@@ -297,8 +297,9 @@ def test_fifo_truncated_wav_and_digits_are_counted(speech_clips, tmp_path, proce
     data_at = streamed.index(b"data")
     streamed[data_at + 4:data_at + 8] = struct.pack("<I", 0xFFFFFFFF)
     (folder / "streamed.wav").write_bytes(bytes(streamed))
+    sf.write(folder / "loud.wav", np.full(16000, 1e30, np.float32), 16000, subtype="FLOAT")  # finite, but huge
     _audiofolder(folder, [("good.wav", "hello world"), ("x.flac", "a fifo"), ("cut.wav", "open the door"),
-                          ("cats.wav", "I have 3 cats"), ("streamed.wav", "hello world")])
+                          ("cats.wav", "I have 3 cats"), ("streamed.wav", "hello world"), ("loud.wav", "too loud")])
 
     _alarm(60)
     try:
@@ -313,6 +314,7 @@ def test_fifo_truncated_wav_and_digits_are_counted(speech_clips, tmp_path, proce
     assert report.counts["unreadable_audio"] == 1 and "not a regular file" in report.details["unreadable_audio"][0]
     assert report.examples["truncated_audio"] == [str(folder / "cut.wav")]
     assert report.counts["oov_characters"] == 1
+    assert report.details["non_finite_audio"] == ["non-finite features (peak sample 1e+30)"]
     assert report.details["oov_characters"] == ["'3': spell numbers out (3 -> three)"]
     assert sorted(prepared["text"]) == ["hello world", "hello world"]  # never "i have cats"
 
