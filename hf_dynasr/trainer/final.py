@@ -3,6 +3,7 @@ training_results.json), written into final.tmp/ and renamed, so final/ is never 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -92,8 +93,18 @@ def training_results(run: Run, state: LoopState, results: dict, checksums: list,
             "rank_weight_checksums": checksums, "subnet_choices": state.choices.to_dict(digests)}
 
 
-def finish(accelerator) -> None:
-    """Close the trackers and the process group."""
-    accelerator.end_training()
-    if torch.distributed.is_initialized():  # explicit teardown: a gloo group left to interpreter exit can hang
+def finish(run: Run) -> None:
+    """Close the trackers and the process group, then free the DDP wrapper."""
+    distributed = torch.distributed.is_initialized()
+    run.accelerator.end_training()  # the trackers; accelerate also destroys the process group
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    if distributed:
+        # DDP's Reducer keeps the gloo group alive; its destructor joins gloo's worker threads while holding the GIL,
+        # and a worker still releasing the last collective's tensors needs the GIL: a deadlock that hung one process
+        # of a 2-process CPU run now and then at exit. Sleeping releases the GIL until the workers are idle; then
+        # the wrapper is freed here (no collective runs after this point).
+        time.sleep(0.2)
+        run.model = run.unwrapped
+        run.accelerator.free_memory()
+        gc.collect()

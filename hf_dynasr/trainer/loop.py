@@ -213,6 +213,8 @@ class TrainingLoop:
         if run.selector is not None:
             record.update({f"selector/{k}": v for k, v in run.selector.describe(state.step).items()})
         run.accelerator.log(record, step=state.step)
+        logger.info("step %d: %s", state.step, ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k != "step"))
         state.history.append(record)
 
     def checkpoint(self) -> None:

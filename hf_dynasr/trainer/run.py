@@ -37,4 +37,4 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     TrainingLoop(run, state, CallbackList(callbacks)).train()
     # 8. final evaluation; model, processor, selector scores and results in final/
     save_final(run, state)
-    finish(accelerator)
+    finish(run)
