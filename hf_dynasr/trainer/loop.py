@@ -16,17 +16,21 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from hf_dynasr.json_io import read_json
+from hf_dynasr.json_io import read_json, write_json
 from hf_dynasr.models.dynasr import FULL
 from hf_dynasr.trainer.anomaly import AnomalyDetector
 from hf_dynasr.trainer.callbacks import TrainerCallback
 from hf_dynasr.trainer.checkpointing import load_checkpoint, save_checkpoint, training_objects
-from hf_dynasr.trainer.nonfinite import NonFiniteCounter, grads_finite, loss_finite
+from hf_dynasr.trainer.nonfinite import NonFiniteCounter, discard_loss, grads_finite, loss_finite
 from hf_dynasr.trainer.reports import ChoiceDigest, run_eval
+from hf_dynasr.trainer.resume_check import checkpoint_options
+from hf_dynasr.trainer.run_folder import TIMING_FILE
 from hf_dynasr.trainer.setup import Run, prepare_again
+from hf_dynasr.trainer.signals import StopSignals, stop_message
 from hf_dynasr.trainer.supernet_step import freeze_masks, plan_step, step_seed, supernet_loss
 
 logger = logging.getLogger("hf_dynasr.train")
+TIMING_KEYS = ("audio_s_per_s",)  # the fields of a history record that measure time
 
 
 @dataclass
@@ -41,12 +45,38 @@ class LoopState:
     choices: ChoiceDigest = field(default_factory=ChoiceDigest)  # the nets every batch ran, compared across ranks
     nets: str = ""  # the nets of the last batch, e.g. "full,small,mid" (logged)
     audio_seconds: float = 0.0
-    start_time: float = field(default_factory=time.time)
+    start_time: float = field(default_factory=time.time)  # moved back by elapsed_before when resumed
+    elapsed_before: float = 0.0  # training time (s) of the segments before a resume
 
     def trainer_state(self) -> dict:
-        """What a checkpoint's trainer_state.json records."""
+        """What a checkpoint's trainer_state.json records: the position, the counters, and what accumulates
+        over resumed segments (history, subnet choices, audio seconds). Only what the run computes, so a
+        checkpoint is the same bytes in every run that reaches it; the times are in the run folder's
+        timing.json (`timing`)."""
+        history = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in self.history]
         return {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "nonfinite_steps_skipped": self.nonfinite.total}
+                "nonfinite_steps_skipped": self.nonfinite.total, "history": history,
+                "subnet_choices": self.choices.state_dict(), "audio_seconds": self.audio_seconds}
+
+    def timing(self, previous: dict) -> dict:
+        """timing.json after a checkpoint at this step: the training time at each checkpoint step and the
+        throughput of each logged step (`previous`: the file's content so far)."""
+        wall = {**previous.get("wall_time_s", {}), str(self.step): time.time() - self.start_time}
+        throughput = {**previous.get("audio_s_per_s", {}),
+                      **{str(r["step"]): r["audio_s_per_s"] for r in self.history if "audio_s_per_s" in r}}
+        return {"wall_time_s": wall, "audio_s_per_s": throughput}
+
+    def load_trainer_state(self, saved: dict, timing: dict) -> None:
+        """The state of a checkpoint's trainer_state.json, with the times of `timing` (timing.json)."""
+        self.step, self.epoch, self.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
+        self.nonfinite.total = saved.get("nonfinite_steps_skipped", 0)
+        throughput = timing.get("audio_s_per_s", {})
+        self.history = [{**r, **({"audio_s_per_s": throughput[str(r["step"])]} if str(r["step"]) in throughput
+                                 else {})} for r in saved.get("history", [])]
+        if "subnet_choices" in saved:
+            self.choices.load_state_dict(saved["subnet_choices"])
+        self.audio_seconds = saved.get("audio_seconds", 0.0)
+        self.elapsed_before = timing.get("wall_time_s", {}).get(str(self.step), 0.0)
 
 
 def resume(run: Run) -> LoopState:
@@ -55,9 +85,9 @@ def resume(run: Run) -> LoopState:
     state = LoopState(NonFiniteCounter(run.args.max_nonfinite_steps))
     if run.resume_dir:
         load_checkpoint(run.resume_dir, run.accelerator, training_objects(run))
-        saved = read_json(os.path.join(run.resume_dir, "trainer_state.json"))
-        state.step, state.epoch, state.batches_in_epoch = saved["step"], saved["epoch"], saved["batches_in_epoch"]
-        state.nonfinite.total = saved.get("nonfinite_steps_skipped", 0)
+        timing_file = os.path.join(run.args.output_dir, TIMING_FILE)
+        state.load_trainer_state(read_json(os.path.join(run.resume_dir, "trainer_state.json")),
+                                 read_json(timing_file) if os.path.isfile(timing_file) else {})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", run.resume_dir, state.step, state.epoch,
                     state.batches_in_epoch)
     return state
@@ -70,23 +100,33 @@ class TrainingLoop:
         self.run, self.state, self.callbacks = run, state, callbacks
         self.anomaly = AnomalyDetector(run.unwrapped) if run.args.detect_anomaly else None
         self.progress = None
+        self.signals = StopSignals()
+        self.contributions = 0  # finite micro-batches whose gradients the coming update holds
+        self.finite_losses = {}  # the losses of the last finite micro-batch (logged for its update)
 
     def train(self) -> None:
+        """Train to max_steps; a SystemExit(128 + signal number) after a checkpoint when SIGINT/SIGTERM asks
+        to stop (`signals`)."""
         run, state = self.run, self.state
         self.progress = tqdm(total=run.args.max_steps, initial=state.step,
                              disable=not run.accelerator.is_local_main_process, desc="train")
-        state.start_time = time.time()
-        while state.step < run.args.max_steps:
-            for batch in self.epoch_batches():
-                losses = self.train_batch(batch)
-                if losses is None or not run.accelerator.sync_gradients:
-                    continue  # skipped as non-finite, or more batches to accumulate
-                self.after_update(batch, losses)
-                if state.step >= run.args.max_steps:
-                    break
-            else:
-                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-        self.progress.close()
+        state.start_time = time.time() - state.elapsed_before
+        self.signals.install()
+        try:
+            while state.step < run.args.max_steps:
+                for batch in self.epoch_batches():
+                    losses = self.train_batch(batch)
+                    if losses is None or not run.accelerator.sync_gradients:
+                        continue  # skipped as non-finite, or more batches to accumulate
+                    self.after_update(batch, losses)
+                    self.stop_if_signalled()
+                    if state.step >= run.args.max_steps:
+                        break
+                else:
+                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        finally:
+            self.signals.restore()
+            self.progress.close()
         run.data.write_report(run.accelerator, run.args.output_dir)
 
     def epoch_batches(self):
@@ -122,12 +162,29 @@ class TrainingLoop:
         with run.accelerator.accumulate(run.model):
             loss, losses = self.forward(batch)
             nonfinite = self.backward(loss)
-            if nonfinite is not None:
-                run.optimizer.zero_grad(set_to_none=True)
-                state.nonfinite.skip(state.step, nonfinite, losses, self.anomaly.report() if self.anomaly else None)
+            sync = run.accelerator.sync_gradients
+            where = self.anomaly.report() if self.anomaly else None
+            if nonfinite == "loss" and not (sync and self.contributions):
+                # nothing to update with yet: a micro-batch before the last of an accumulation is dropped alone
+                # (the others keep their gradients); at the last one, or without accumulation, the update is skipped
+                if sync:
+                    run.optimizer.zero_grad(set_to_none=True)
+                state.nonfinite.skip(state.step, nonfinite, losses, where, update_skipped=sync)
                 return None
-            state.nonfinite.finite()
+            if nonfinite == "gradient":  # the sum of the accumulated gradients: the whole update is skipped
+                run.optimizer.zero_grad(set_to_none=True)
+                self.contributions = 0
+                state.nonfinite.skip(state.step, nonfinite, losses, where)
+                return None
+            if nonfinite == "loss":  # the last micro-batch dropped, the update made of the earlier ones
+                state.nonfinite.skip(state.step, nonfinite, losses, where, update_skipped=False)
+                losses = self.finite_losses
+            else:
+                state.nonfinite.finite()
+                self.finite_losses = losses
             self.update()
+            if sync:
+                self.contributions = 0
         return losses
 
     def forward(self, batch) -> tuple[torch.Tensor, dict]:
@@ -144,20 +201,26 @@ class TrainingLoop:
 
     def backward(self, loss: torch.Tensor) -> str | None:
         """The backward pass; -> None, or what was not finite on some process ("loss" or "gradient"). A
-        non-finite loss still runs a backward (of 0 * loss): every rank's DDP must take part."""
+        non-finite loss adds nothing to the gradients (`nonfinite.discard_loss`): the gradients of the other
+        micro-batches of an accumulation are kept."""
         run, accelerator = self.run, self.run.accelerator
         if not loss_finite(accelerator, loss):
-            accelerator.backward(loss * 0.0)
-            return "loss"
-        accelerator.backward(loss)
-        for p in run.selector.parameters() if run.selector is not None else []:
-            if p.grad is not None:  # the scores are outside DDP: average their gradients by hand
-                p.grad = accelerator.reduce(p.grad, "mean")
+            discard_loss(accelerator, loss, run.unwrapped, run.selector, keep=self.contributions > 0)
+            if not (accelerator.sync_gradients and self.contributions):
+                return "loss"
+            nonfinite = "loss"
+        else:
+            accelerator.backward(loss)
+            self.contributions += 1
+            nonfinite = None
+            for p in run.selector.parameters() if run.selector is not None else []:
+                if p.grad is not None:  # the scores are outside DDP: average their gradients by hand
+                    p.grad = accelerator.reduce(p.grad, "mean")
         if accelerator.sync_gradients:
             self.callbacks.on_gradients(self.state.step, run.unwrapped)
             if not grads_finite(accelerator, run.model, run.selector, run.args.max_grad_norm):
                 return "gradient"
-        return None
+        return nonfinite
 
     def update(self) -> None:
         """The optimizer step (a no-op before the last batch of an accumulation) and, after a real update, one
@@ -192,6 +255,19 @@ class TrainingLoop:
         if args.save_steps and state.step % args.save_steps == 0:
             self.checkpoint()
 
+    def stop_if_signalled(self) -> None:
+        """At an update boundary: when any process received SIGINT/SIGTERM, checkpoint (unless this update's
+        checkpoint was just written) and exit with status 128 + the signal number."""
+        signum = self.signals.agreed(self.run.accelerator)
+        if not signum:
+            return
+        run, step = self.run, self.state.step
+        saved = run.args.save_steps and step % run.args.save_steps == 0
+        folder = os.path.join(run.checkpoint_dir, f"step_{step}") if saved else self.checkpoint()
+        if run.accelerator.is_main_process:
+            logger.error(stop_message(signum, step, folder))
+        raise SystemExit(128 + signum)
+
     def reshape(self) -> None:
         """A DMAO event (paper 3, arXiv:2506.13180): reshape the model, carry the optimizer state over, record
         the event in dmao_events.jsonl; under DDP wrap the new parameters again."""
@@ -217,8 +293,15 @@ class TrainingLoop:
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k != "step"))
         state.history.append(record)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> str:
+        """Checkpoint step_<step> (the choices compared across processes first, so the digest it carries is
+        agreed); -> its folder."""
         run, step = self.run, self.state.step
-        save_checkpoint(run.accelerator, run.checkpoint_dir, step, self.state.trainer_state(), training_objects(run),
-                        run.args.save_total_limit,
-                        before_rename=lambda folder: self.callbacks.on_checkpoint_written(step, folder))
+        self.state.choices.check(run.accelerator, step)
+        state = {**self.state.trainer_state(), **checkpoint_options(run.args, run.accelerator)}
+        if run.accelerator.is_main_process:  # before the checkpoint exists, so a resume from it finds its time
+            timing_file = os.path.join(run.args.output_dir, TIMING_FILE)
+            write_json(timing_file, self.state.timing(read_json(timing_file) if os.path.isfile(timing_file) else {}))
+        return save_checkpoint(run.accelerator, run.checkpoint_dir, step, state, training_objects(run),
+                               run.args.save_total_limit,
+                               before_rename=lambda folder: self.callbacks.on_checkpoint_written(step, folder))

@@ -37,6 +37,28 @@ def grads_finite(accelerator, model, selector, max_grad_norm) -> bool:
     return bool(accelerator.reduce(ok.float().to(accelerator.device), "min") >= 1)
 
 
+def discard_loss(accelerator, loss: torch.Tensor, model, selector, keep: bool) -> None:
+    """What a micro-batch with a non-finite loss does to the gradients: nothing. Before the last micro-batch of
+    an accumulation there is no backward (DDP synchronises nothing there, and the verdict is the same on every
+    rank). At the last one DDP needs every rank's backward, so it runs on 0 * loss; with `keep` (earlier
+    micro-batches hold gradients) those gradients are put back afterwards and averaged over the processes, as
+    DDP's all-reduce would have done with them, so the update is made of the finite micro-batches."""
+    if not accelerator.sync_gradients:
+        return
+    if not keep:
+        accelerator.backward(loss * 0.0)
+        return
+    params = list(model.parameters())
+    scores = list(selector.parameters()) if selector is not None else []
+    kept = [None if p.grad is None else p.grad.clone() for p in params + scores]
+    accelerator.backward(loss * 0.0)
+    for p, grad in zip(params + scores, kept):
+        p.grad = grad
+    if accelerator.num_processes > 1:  # the scores' gradients were averaged when they were made
+        for p in params:
+            p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), "mean")
+
+
 @dataclass
 class NonFiniteCounter:
     """Skipped updates: in a row (fatal at `limit`) and in total (saved in checkpoints and the results)."""
@@ -45,12 +67,14 @@ class NonFiniteCounter:
     in_a_row: int = 0
     total: int = 0
 
-    def skip(self, step: int, what: str, losses: dict, where: str | None) -> None:
-        """Count and log one skipped update (`what`: "loss" or "gradient"; `where`: the anomaly detector's
-        report); a SystemExit once `limit` come in a row."""
+    def skip(self, step: int, what: str, losses: dict, where: str | None, update_skipped: bool = True) -> None:
+        """Count and log one skipped micro-batch (`what`: "loss" or "gradient"; `where`: the anomaly detector's
+        report; `update_skipped`: False when only this micro-batch of an accumulation was dropped); a
+        SystemExit once `limit` come in a row."""
         self.in_a_row += 1
         self.total += 1
-        logger.warning("step %d: non-finite %s (%s), update skipped (%d in a row)%s", step, what, losses,
+        skipped = "update skipped" if update_skipped else "micro-batch dropped, the update keeps the others"
+        logger.warning("step %d: non-finite %s (%s), %s (%d in a row)%s", step, what, losses, skipped,
                        self.in_a_row, f"; {where}" if where else "")
         if self.in_a_row >= self.limit:
             raise SystemExit(f"error: {self.in_a_row} non-finite steps in a row (last: non-finite {what}"

@@ -4,6 +4,7 @@ defaults, the command line overrides them (`parse_args`). `python training/train
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -14,9 +15,37 @@ from hf_dynasr.dmao import DMAOConfig
 from hf_dynasr.selection import SelectionConfig
 
 
+#: Options a resumed run must share with its checkpoint: each one shapes the trajectory (data and its order,
+#: model, sizes, selection, DMAO, batch, schedule, seed, numerics), and a checkpoint holds the state they made,
+#: so a new value could be neither honoured from the start nor ignored without lying in training_args.json.
+#: Every other option (logging, evaluation, checkpoint cadence, workers, limits, --gradient_checkpointing, which
+#: computes the same gradients) is honoured on resume. The check: `hf_dynasr.trainer.resume_check`.
+TRAJECTORY_OPTIONS = (
+    "train_data", "train_split", "min_duration_s", "max_duration_s", "data_pipeline", "precompute_max_hours",
+    "streaming_shuffle_buffer", "model", "init_from", "subnets", "selection", "dmao", "max_steps",
+    "max_batch_seconds", "sortagrad", "learning_rate", "weight_decay", "adam_epsilon", "adam_beta2",
+    "lr_scheduler", "warmup_fraction", "decay_fraction", "max_grad_norm", "gradient_accumulation_steps",
+    "mixed_precision", "spec_augment", "seed")
+
+#: Allowed ranges of the numeric options, checked at parse time: option -> (lowest, highest, inclusive low).
+RANGES = {
+    "max_steps": (1, None, True), "logging_steps": (1, None, True), "gradient_accumulation_steps": (1, None, True),
+    "max_eval_utterances": (0, None, True), "per_device_eval_batch_size": (1, None, True),
+    "preprocessing_num_workers": (1, None, True), "dataloader_num_workers": (0, None, True),
+    "eval_steps": (0, None, True), "save_steps": (0, None, True), "save_total_limit": (0, None, True),
+    "max_nonfinite_steps": (1, None, True), "num_processes": (1, None, True),
+    "streaming_shuffle_buffer": (1, None, True), "precompute_max_hours": (0, None, True),
+    "max_batch_seconds": (0, None, False), "min_duration_s": (0, None, True), "max_duration_s": (0, None, False),
+    "learning_rate": (0, None, False), "weight_decay": (0, None, True), "adam_epsilon": (0, None, False),
+    "adam_beta2": (0, 1, False), "warmup_fraction": (0, 1, True), "decay_fraction": (0, 1, True),
+    "max_grad_norm": (0, None, True),
+}
+
+
 @dataclass
 class TrainArgs:
-    """All options. In YAML, give any of them as top-level keys."""
+    """All options. In YAML, give any of them as top-level keys. Counts and rates outside their range (`RANGES`)
+    are refused at parse time; on resume, `TRAJECTORY_OPTIONS` must equal the checkpoint's."""
 
     output_dir: str = field(default="runs/default", metadata={"help": "Run folder: checkpoints/, final/, logs."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow an output_dir holding a previous run."})
@@ -70,7 +99,10 @@ class TrainArgs:
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = off)."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
+        "'latest' or a checkpoint folder. The options that shape the training trajectory must equal the "
+        "checkpoint's (else the resume is refused naming the option): " + ", ".join(TRAJECTORY_OPTIONS) + "; and "
+        "the same number of processes and mixed precision. Every other option takes its new value.")})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | all."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed of init, data order and subnet choices."})
@@ -110,12 +142,35 @@ def parse_args(argv=None) -> TrainArgs:
     for name in ("model", "subnets", "selection", "dmao"):
         value = getattr(args, name)
         setattr(args, name, json.loads(value) if isinstance(value, str) else (value or {}))
+    check_ranges(args)
     for name, check in (("selection", args.selection_config), ("dmao", args.dmao_config)):
         try:
             check()
         except (TypeError, ValueError) as err:
             raise SystemExit(f"error: {name}: {err}") from err
     return args
+
+
+def check_ranges(args: TrainArgs) -> None:
+    """A SystemExit naming the first option outside its range (`RANGES`) and the range allowed."""
+    for name, (low, high, low_inclusive) in RANGES.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        too_low = value < low if low_inclusive else value <= low
+        if too_low or (high is not None and value >= high) or math.isnan(value):
+            allowed = (f">= {low}" if low_inclusive else f"> {low}") + (f" and < {high}" if high is not None else "")
+            raise SystemExit(f"error: --{name} is {value} but must be {allowed}" + _ZERO_MEANS.get(name, ""))
+    if args.lr_scheduler in ("one_cycle", "warmup_stable_decay") and args.warmup_fraction + args.decay_fraction > 1:
+        raise SystemExit(f"error: --warmup_fraction {args.warmup_fraction} + --decay_fraction {args.decay_fraction} "
+                         "is more than 1; lower one of them")
+    if args.max_duration_s <= args.min_duration_s:
+        raise SystemExit(f"error: --max_duration_s {args.max_duration_s} must be more than --min_duration_s "
+                         f"{args.min_duration_s}")
+
+
+_ZERO_MEANS = {"eval_steps": " (0 = evaluate only at the end)", "save_steps": " (0 = no periodic checkpoint)",
+               "save_total_limit": " (0 = keep every checkpoint)", "max_grad_norm": " (0 = no clipping)"}
 
 
 def read_config(path: str) -> dict:

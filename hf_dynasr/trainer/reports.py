@@ -31,21 +31,29 @@ def run_eval(accelerator, unwrapped, data, step: int, batch_size: int = 16) -> d
 
 class ChoiceDigest:
     """A running digest of the nets every batch ran, per process. The choice must depend only on (seed, step),
-    so the digests of all processes are equal; `check` compares them (at logging steps and at the end: one
-    small collective, nothing that grows with the number of steps)."""
+    so the digests of all processes are equal; `check` compares them (at logging steps, checkpoints and the end:
+    one small collective, nothing that grows with the number of steps). The digest is a hash chain (each batch
+    hashes the previous digest with its nets), so a checkpoint carries it (`state_dict`) and a resumed run
+    continues it to the value the uninterrupted run reaches."""
 
     def __init__(self):
-        self._hash = hashlib.sha256()
-        self.batches = 0  # batches digested by this process (since it started)
+        self.chain = ""  # hex SHA-256 of the previous link, "" before the first batch
+        self.batches = 0  # batches digested (over every segment of a resumed run)
         self.checks = 0  # comparisons across processes that passed
 
     def update(self, step: int, nets: list[str]) -> None:
-        self._hash.update(f"{step}:{','.join(nets)};".encode())
+        self.chain = hashlib.sha256(f"{self.chain}|{step}:{','.join(nets)}".encode()).hexdigest()
         self.batches += 1
 
     @property
     def digest(self) -> str:
-        return self._hash.hexdigest()[:15]  # 60 bits: fits the int64 tensor that `check` gathers
+        return (self.chain or hashlib.sha256(b"").hexdigest())[:15]  # 60 bits: fits the int64 `check` gathers
+
+    def state_dict(self) -> dict:
+        return {"chain": self.chain, "batches": self.batches, "checks": self.checks}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.chain, self.batches, self.checks = saved["chain"], saved["batches"], saved["checks"]
 
     def check(self, accelerator, step: int) -> list[str]:
         """The digests of every process (one per process); a RuntimeError if they differ."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,9 +15,10 @@ from hf_dynasr.dmao import DMAO
 from hf_dynasr.json_io import write_json
 from hf_dynasr.models.dynasr import DynaSRConfig, DynaSRForCTC
 from hf_dynasr.selection import SelectionConfig, SubnetSelector, build_selector
-from hf_dynasr.trainer.checkpointing import resolve_checkpoint
+from hf_dynasr.trainer.checkpointing import any_rank_failed, resolve_checkpoint
 from hf_dynasr.trainer.data import TrainData
 from hf_dynasr.trainer.options import TrainArgs
+from hf_dynasr.trainer.run_folder import acquire_lock, check_run_folder, clear_run_entries
 from hf_dynasr.trainer.schedule import build_scheduler
 from hf_dynasr.trainer.supernet_step import size_fractions
 
@@ -66,14 +66,10 @@ def checkpoint_dir(args: TrainArgs) -> str:
 
 
 def check_output_dir(args: TrainArgs) -> bool:
-    """Whether output_dir holds a previous run; a SystemExit unless resuming or overwriting it."""
-    previous = os.path.isdir(args.output_dir) and bool(os.listdir(args.output_dir))
-    if previous and not args.resume_from_checkpoint and not args.overwrite_output_dir:
-        raise SystemExit(
-            f"error: {args.output_dir} holds a previous run; pass --resume_from_checkpoint latest to continue it "
-            "or --overwrite_output_dir to start over"
-        )
-    return previous
+    """Whether output_dir holds a previous run; a SystemExit naming the problem when the folder cannot be used
+    (`run_folder.check_run_folder`)."""
+    return check_run_folder(args.output_dir, resume=bool(args.resume_from_checkpoint),
+                            overwrite=args.overwrite_output_dir)
 
 
 def build_accelerator(args: TrainArgs) -> Accelerator:
@@ -111,20 +107,32 @@ def build_accelerator(args: TrainArgs) -> Accelerator:
     return accelerator
 
 
-def make_output_dir(args: TrainArgs, accelerator: Accelerator, previous: bool) -> None:
-    """Empty output_dir when overwriting a previous run, create checkpoints/; then seed every RNG."""
+def make_output_dir(args: TrainArgs, accelerator: Accelerator, previous: bool) -> str | None:
+    """The main process takes the folder's lock (a second run into it is refused, on every rank), removes a
+    previous run's entries when overwriting it (nothing else), creates checkpoints/; then every RNG is seeded.
+    -> the lock's path on the main process (release it with `run_folder.release_lock`), else None."""
+    lock, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = acquire_lock(args.output_dir)
+        except SystemExit as err:
+            refusal = str(err.code)
+    if any_rank_failed(accelerator, refusal is not None):
+        raise SystemExit(refusal or "error: the main process could not lock the output folder (see its message)")
     if accelerator.is_main_process:
         if previous and args.overwrite_output_dir and not args.resume_from_checkpoint:
-            shutil.rmtree(args.output_dir)
+            clear_run_entries(args.output_dir)
         os.makedirs(checkpoint_dir(args), exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
+    return lock
 
 
-def build_run(args: TrainArgs, accelerator: Accelerator, data: TrainData) -> Run:
-    """The model (its shape from the checkpoint when resuming), its sizes, the selector and DMAO."""
-    resume_dir = resolve_checkpoint(checkpoint_dir(args), args.resume_from_checkpoint) \
-        if args.resume_from_checkpoint else None
+def build_run(args: TrainArgs, accelerator: Accelerator, data: TrainData, resume_dir: str | None = None) -> Run:
+    """The model (its shape from the checkpoint `resume_dir` when resuming: by default the one
+    --resume_from_checkpoint names), its sizes, the selector and DMAO."""
+    if resume_dir is None and args.resume_from_checkpoint:
+        resume_dir = resolve_checkpoint(checkpoint_dir(args), args.resume_from_checkpoint)
     selection = args.selection_config()
     model, sizes, criterion = build_model(args, data.processor.tokenizer, resume_dir, selection.criterion)
     selector = None
