@@ -203,6 +203,7 @@ def test_gradient_check_with_and_without_clipping(features):
 
 def test_anomaly_detector_names_the_origin_module(features):
     from hf_dynasr.trainer.anomaly import AnomalyDetector
+    from hf_dynasr.trainer.supernet_step import shared_frontend
 
     model = make_model()
     x, mask = features
@@ -215,8 +216,16 @@ def test_anomaly_detector_names_the_origin_module(features):
     assert detector.first == "non-finite output in module dynasr.layers.2.conv (DynaSRConvModule)"
     detector.reset()
     x_bad = x.clone()
-    x_bad[0, 5, 3] = float("nan")  # no module is the origin: the input already was non-finite
-    model(x_bad, mask)
+    x_bad[0, 5, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"utterance\(s\) \[0\] contain NaN or Inf"):
+        model(x_bad, mask)  # refused before any module runs
+    with torch.no_grad():
+        model.dynasr.layers[2].conv.pointwise_in.weight[3, 0] = 0.0
+    embeds, embeds_mask = shared_frontend(model(x, mask, output_hidden_states=True), mask)
+    embeds = embeds.clone()
+    embeds[0, 2, 3] = float("nan")  # no module is the origin: the encoder's input already was non-finite
+    detector.reset()
+    model(inputs_embeds=embeds, attention_mask=embeds_mask)
     assert detector.first is None and detector.report().endswith("(input already non-finite)")
     detector.detach()
     assert not any(m._forward_hooks for m in model.modules())
