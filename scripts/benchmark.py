@@ -7,6 +7,8 @@ Usage:
     python scripts/benchmark.py --suite supernet     # stage-1/stage-2 step vs the sum of standalone steps
     python scripts/benchmark.py --suite inference    # per-size latency and speed-up vs FLOPs ratio
     python scripts/benchmark.py --suite all
+    python scripts/benchmark_scale.py                # data path, memory over 1x/4x/16x corpora, paper-size
+                                                     # update (about 15 minutes)
 
 Every comparison is measured side by side in one run (same threads, same input), as a median of repeats.
 """
@@ -23,18 +25,19 @@ import time
 
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import ParakeetCTCConfig, ParakeetForCTC
 
 from hf_dynasr import FULL, DynaSRConfig, DynaSRForCTC, build_processor
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
 from hf_dynasr.dmao import DMAO, DMAOConfig
-from hf_dynasr.evaluation import machine_info
-from hf_dynasr.evaluation.benchmark_report import headline_ratios, write_docs
+from hf_dynasr.evaluation.benchmark_report import benchmark_machine, headline_ratios, write_docs
 from hf_dynasr.evaluation.timing import matmul_peak_gflops, timeit, timeit_side_by_side
 from hf_dynasr.json_io import write_json
 from hf_dynasr.selection import SelectionConfig, build_selector
+from hf_dynasr.trainer.dry_run import FlopCount
 from hf_dynasr.trainer.supernet_step import NetRun, supernet_loss
+
+SCALE_SUITES = ("paper_step", "data_path", "memory_scaling")  # scripts/benchmark_scale.py (their docs sections too)
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
 FRAMES_10S = 1001  # ParakeetFeatureExtractor frames for 10 s at 16 kHz
@@ -46,17 +49,6 @@ CONFIGS = {
     "paper_d512": dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048,
                        conv_kernel_size=31),
 }
-
-
-def machine() -> dict:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=os.path.dirname(RESULTS), capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no", "--", "../hf_dynasr", "../scripts"):
-        commit += " (with uncommitted changes)"
-    return {"commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": machine_info()["cpu"], "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def parakeet_twin(cfg: dict, frontend_channels: int = 64):
@@ -137,11 +129,11 @@ def suite_training(repeats: int) -> dict:
     feats, mask, labels = _batch()
     step = _train_step(model, opt, feats, mask, labels)
     ms = timeit(step, repeats, warmup=2)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:  # FlopCounterMode would count the depthwise convolutions' backward x channels
         out = model(input_features=feats, attention_mask=mask, labels=labels)
         out.loss.backward()
     opt.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
+    flops = counter.flops
     peak = matmul_peak_gflops()
     result = {"step_ms": round(ms, 1), "audio_s_per_s": round(25.0 / (ms / 1000), 1),
               "train_gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / 1e9 / (ms / 1000), 1),
@@ -339,7 +331,8 @@ def suite_dmao(repeats: int) -> dict:
 def write(suite: str, data: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{suite}.json")
-    write_json(path, {"suite": suite, "machine": machine(), "results": data})
+    machine = benchmark_machine(os.path.dirname(os.path.dirname(RESULTS)))
+    write_json(path, {"suite": suite, "machine": machine, "results": data})
     return path
 
 
@@ -368,7 +361,7 @@ def main() -> None:
         if name not in runnable:
             raise SystemExit(f"unknown suite {name!r}; choose from {sorted(runnable)} or all (= speed)")
         print(f"wrote {write(name, runnable[name](args.repeats))}")
-    print(f"wrote {write_docs(RESULTS, list(SUITES))}")
+    print(f"wrote {write_docs(RESULTS, [*SUITES, *SCALE_SUITES])}")
 
 
 if __name__ == "__main__":

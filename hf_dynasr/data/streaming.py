@@ -58,7 +58,7 @@ __all__ = ["OnTheFlySpeechDataset", "StreamingSpeechBatches", "header_duration",
            "pop_data_report", "worker_init"]
 
 PLACEHOLDER = "stream_placeholder"  # a batch a resumed stream yields only to keep the DataLoader's turns in step
-INDEX_VERSION = "1"  # bump when the index's columns or checks change (the cache file name includes it)
+INDEX_VERSION = "2"  # bump when the index's columns or checks change (the cache file name includes it)
 
 
 # ==========================================================================================================
