@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -17,8 +18,10 @@ from conftest import REPO, train_in_process
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
+from scaled_loss_run import ScaleLoss
+from test_training import DDP_LAUNCHER
 
-from hf_dynasr.trainer import TrainerCallback, parse_args
+from hf_dynasr.trainer import parse_args
 from hf_dynasr.trainer.options import TRAJECTORY_OPTIONS, TrainArgs
 
 SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
@@ -85,29 +88,36 @@ def test_help_names_the_options_a_resume_must_keep():
 # --- gradient accumulation with a NaN micro-batch -------------------------------------------------------------
 
 
-class ScaleLoss(TrainerCallback):
-    """Multiplies the loss of micro-batch number `call` (counted from 1) by `factor`."""
-
-    def __init__(self, call, factor):
-        self.call, self.factor, self.calls = call, factor, 0
-
-    def on_loss(self, step, loss):
-        self.calls += 1
-        return loss * self.factor if self.calls == self.call else loss
-
-
-@pytest.mark.parametrize("call", [3, 4], ids=["first_of_two", "last_of_two"])
-def test_a_nan_micro_batch_drops_only_its_own_contribution(corpus, tmp_path, call):
-    """Accumulation 2: micro-batch 3 (or 4) of update 2 is NaN. The run must end bitwise where a run whose
+@pytest.mark.parametrize("last", [False, True], ids=["first_of_two", "last_of_two"])
+def test_a_nan_micro_batch_drops_only_its_own_contribution(corpus, tmp_path, last):
+    """Accumulation 2: the first (or the last) micro-batch of update 2 is NaN. The run must end bitwise where a run whose
     micro-batch has a zero loss (no contribution, every other one kept) ends, with every update made."""
     common = ["--gradient_accumulation_steps", "2", "--save_steps", "0"]
-    train_in_process(_args(corpus, tmp_path / "zero", *common, steps=3), [ScaleLoss(call, 0.0)])
-    train_in_process(_args(corpus, tmp_path / "nan", *common, steps=3), [ScaleLoss(call, float("nan"))])
+    train_in_process(_args(corpus, tmp_path / "zero", *common, steps=3), [ScaleLoss(1, last, 0.0)])
+    train_in_process(_args(corpus, tmp_path / "nan", *common, steps=3), [ScaleLoss(1, last, float("nan"))])
     assert _same(_weights(tmp_path / "zero"), _weights(tmp_path / "nan"))
     results = json.loads((tmp_path / "nan" / "final" / "training_results.json").read_text())
     assert results["steps"] == 3 and results["nonfinite_steps_skipped"] == 1
     assert [h["step"] for h in results["history"]] == [1, 2, 3]
     assert all(h["loss/full"] == h["loss/full"] for h in results["history"])  # no NaN logged
+
+
+def test_a_nan_micro_batch_under_two_process_accumulation(corpus, tmp_path):
+    """The same under 2-process DDP, the NaN in the last micro-batch of update 1 (whose backward DDP needs):
+    the kept gradients are averaged over the processes as DDP would have, bitwise, on both ranks alike."""
+    common = ["--gradient_accumulation_steps", "2", "--save_steps", "0", "--num_processes", "2"]
+    script = os.path.join(REPO, "tests", "scaled_loss_run.py")
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "ACCELERATE_USE_CPU": "1"}
+    for name, factor in (("zero", "0"), ("nan", "nan")):
+        args = [str(a) for a in _args(corpus, tmp_path / name, *common, steps=3)]
+        done = subprocess.run([*DDP_LAUNCHER, script, "0", "last", factor, *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-4000:]
+    assert _same(_weights(tmp_path / "zero"), _weights(tmp_path / "nan"))
+    assert "step 0: non-finite loss" in done.stderr and "micro-batch dropped, the update keeps the others" in done.stderr
+    results = _read(tmp_path / "nan" / "final" / "training_results.json")
+    assert results["steps"] == 3 and results["nonfinite_steps_skipped"] == 1
+    assert results["rank_weight_checksums"][0] == results["rank_weight_checksums"][1]
 
 
 # --- resume with changed options ------------------------------------------------------------------------------
