@@ -13,6 +13,7 @@ from transformers import HfArgumentParser
 
 from hf_dynasr.dmao import DMAOConfig
 from hf_dynasr.selection import SelectionConfig
+from hf_dynasr.trainer.run_folder import LOCK, RUN_ENTRIES
 
 
 #: Options a resumed run must share with its checkpoint: each one shapes the trajectory (data and its order,
@@ -48,7 +49,10 @@ class TrainArgs:
     are refused at parse time; on resume, `TRAJECTORY_OPTIONS` must equal the checkpoint's."""
 
     output_dir: str = field(default="runs/default", metadata={"help": "Run folder: checkpoints/, final/, logs."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow an output_dir holding a previous run."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Start over in an output_dir holding a previous run: only the run's own entries ("
+        + ", ".join(name + "/" * is_dir for name, is_dir in RUN_ENTRIES.items() if name != LOCK)
+        + ") are removed. A folder holding anything else is refused, naming it.")})
     train_data: str = field(default="audiofolder:data/demo_corpus", metadata={"help": "Loader spec of the training data."})
     train_split: str = field(default="train", metadata={"help": "Split of train_data."})
     eval_data: str | None = field(default=None, metadata={"help": "Loader spec for evaluation (default: train_data)."})
@@ -107,7 +111,9 @@ class TrainArgs:
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed of init, data order and subnet choices."})
     num_processes: int | None = field(default=None, metadata={"help": "Fail unless exactly this many processes run."})
-    max_nonfinite_steps: int = field(default=20, metadata={"help": "Stop after this many non-finite steps in a row."})
+    max_nonfinite_steps: int = field(default=20, metadata={"help": "Stop after this many non-finite micro-batches in "
+                                                                  "a row (with gradient accumulation a non-finite "
+                                                                  "loss drops only its micro-batch)."})
     detect_anomaly: bool = field(default=False, metadata={"help": "Log the first module whose output is non-finite "
                                                           "(forward hooks on every module; slower, for debugging)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
