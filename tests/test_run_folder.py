@@ -24,6 +24,7 @@ from test_training import DDP_LAUNCHER
 
 from hf_dynasr.trainer import TrainerCallback
 from hf_dynasr.trainer import signals as stop_signals
+from hf_dynasr.trainer.loop import forget_later_events
 from hf_dynasr.trainer.run_folder import LOCK, acquire_lock, folder_contents, release_lock
 
 SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
@@ -234,3 +235,12 @@ def test_sigterm_to_a_two_process_launch_then_resume(corpus, tmp_path):
     results = json.loads((out / "final" / "training_results.json").read_text())
     assert results["steps"] == 40 and [h["step"] for h in results["history"]] == list(range(1, 41))
     assert results["rank_weight_checksums"][0] == results["rank_weight_checksums"][1]
+
+
+def test_a_resume_forgets_the_dmao_events_after_its_checkpoint(tmp_path):
+    """dmao_events.jsonl keeps one line per event: those after the checkpoint a run resumes from are made again."""
+    events = tmp_path / "dmao_events.jsonl"
+    events.write_text("".join(json.dumps({"step": s, "before": [s]}) + "\n" for s in (2, 5)))
+    forget_later_events(str(events), 4)
+    assert [json.loads(line)["step"] for line in events.read_text().splitlines()] == [2]
+    forget_later_events(str(tmp_path / "absent.jsonl"), 4)  # a run without DMAO: nothing to do

@@ -90,7 +90,22 @@ def resume(run: Run) -> LoopState:
                                  read_json(timing_file) if os.path.isfile(timing_file) else {})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", run.resume_dir, state.step, state.epoch,
                     state.batches_in_epoch)
+        if run.accelerator.is_main_process:
+            forget_later_events(os.path.join(run.args.output_dir, "dmao_events.jsonl"), state.step)
     return state
+
+
+def forget_later_events(path: str, step: int) -> None:
+    """Drop the DMAO events after `step` from dmao_events.jsonl: the resumed run makes them again."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if (json.loads(line).get("step") or 0) <= step]
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 class TrainingLoop:
