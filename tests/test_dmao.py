@@ -110,6 +110,18 @@ def test_bad_config(kwargs, match):
         DMAOConfig(**kwargs)
 
 
+def test_dmao_event_in_the_supernets_stage_1_is_refused():
+    """A selector learning masks (stage 1) cannot follow a reshape of the components: refused at parse time,
+    naming the events, the stage-1 fraction and the way out; an event after stage 1 is accepted."""
+    from hf_dynasr.trainer.options import parse_args
+
+    supernet = ["--subnets", '{"small": 0.5}', "--selection", '{"method": "ortho_softmax", "stage1_fraction": 0.5}']
+    with pytest.raises(SystemExit, match=r"dmao event\(s\) at \[0.3\].*stage1_fraction 0.5.*after stage 1"):
+        parse_args([*supernet, "--dmao", '{"events": [0.3]}'])
+    assert parse_args([*supernet, "--dmao", '{"events": [0.7]}']).dmao == {"events": [0.7]}
+    assert parse_args(["--dmao", '{"events": [0.3]}']).dmao == {"events": [0.3]}  # no sizes: no selector
+
+
 def test_event_outside_training():
     cfg = DMAOConfig(events=[0.05])
     with pytest.raises(ValueError, match="outside training"):

@@ -154,7 +154,23 @@ def parse_args(argv=None) -> TrainArgs:
             check()
         except (TypeError, ValueError) as err:
             raise SystemExit(f"error: {name}: {err}") from err
+    check_dmao_after_stage1(args)
     return args
+
+
+def check_dmao_after_stage1(args: TrainArgs) -> None:
+    """A DMAO event reshapes the model's components; a selector still learning masks over the old components
+    cannot follow it (the supernet's stage 1), so events must come after stage 1 (a SystemExit otherwise)."""
+    dmao, selection = args.dmao_config(), args.selection_config()
+    if not (dmao and args.subnets and selection.learns_masks):
+        return
+    early = [e for e in dmao.events if e <= selection.stage1_fraction]
+    if early:
+        raise SystemExit(
+            f"error: dmao event(s) at {early} of training fall in the supernet's stage 1 (stage1_fraction "
+            f"{selection.stage1_fraction}), where the {selection.method} selector learns masks over the components "
+            "a DMAO event reshapes; place the events after stage 1 (dmao.events > selection.stage1_fraction) or "
+            "train DMAO without sizes")
 
 
 def check_ranges(args: TrainArgs) -> None:
