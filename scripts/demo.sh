@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: synthesize a corpus, train a 3-size supernet (FLOPs-aware module-wise OrthoSoftmax),
 # evaluate every size on the unseen test sentences, export per-size checkpoints with model cards and a
-# WER-vs-size plot. About 13 minutes on a 2-core CPU; `--quick` is a one-minute smoke version; on a slower
-# machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 3,200.
+# WER-vs-size plot. About 15 minutes on a 2-core CPU; `--quick` is a one-minute smoke version; on a slower
+# machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,800.
 #   bash scripts/demo.sh [--quick] [--output_dir runs/demo] [--max_steps N]
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
