@@ -89,6 +89,18 @@ def smoke_corpus(tmp_path_factory):
     return out
 
 
+def corpus_subset(smoke_corpus, root, sizes):
+    """A copy at `root` of the first N utterances of each split of the smoke corpus (`sizes`: {split: N})."""
+    for split, n in sizes.items():
+        (root / split).mkdir()
+        lines = (smoke_corpus / split / "metadata.csv").read_text().splitlines()[: n + 1]
+        (root / split / "metadata.csv").write_text("\n".join(lines) + "\n")
+        for line in lines[1:]:
+            name = line.split(",")[0]
+            shutil.copy(smoke_corpus / split / name, root / split / name)
+    return root
+
+
 def run_train(args, *, launcher=None, env=None, check=True):
     """Run training/train.py in a subprocess (python, or a launcher prefix such as accelerate launch)."""
     import subprocess

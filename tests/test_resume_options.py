@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 import torch
-from conftest import REPO, train_in_process
+from conftest import REPO, corpus_subset, train_in_process
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -31,14 +31,7 @@ SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
 def corpus(smoke_corpus, tmp_path_factory):
     """12 training and 2 dev utterances of the smoke corpus."""
     root = tmp_path_factory.mktemp("options_corpus")
-    for split, n in (("train", 12), ("dev", 2)):
-        (root / split).mkdir()
-        lines = (smoke_corpus / split / "metadata.csv").read_text().splitlines()[: n + 1]
-        (root / split / "metadata.csv").write_text("\n".join(lines) + "\n")
-        for line in lines[1:]:
-            name = line.split(",")[0]
-            shutil.copy(smoke_corpus / split / name, root / split / name)
-    return root
+    return corpus_subset(smoke_corpus, root, {"train": 12, "dev": 2})
 
 
 def _args(corpus, out, *extra, steps=6):

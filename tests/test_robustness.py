@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_model, mismatched_copy
+from conftest import REPO, corpus_subset, make_model, mismatched_copy
 from fault_injection import Faults, train
 from safetensors.torch import load_file
 
@@ -45,14 +45,7 @@ def run_killed(args, log, faults):
 def corpus(smoke_corpus, tmp_path_factory):
     """16 training and 2 dev utterances of the smoke corpus (each run prepares its features again)."""
     root = tmp_path_factory.mktemp("small_corpus")
-    for split, n in (("train", 16), ("dev", 2)):
-        (root / split).mkdir()
-        lines = (smoke_corpus / split / "metadata.csv").read_text().splitlines()[: n + 1]
-        (root / split / "metadata.csv").write_text("\n".join(lines) + "\n")
-        for line in lines[1:]:
-            name = line.split(",")[0]
-            shutil.copy(smoke_corpus / split / name, root / split / name)
-    return root
+    return corpus_subset(smoke_corpus, root, {"train": 16, "dev": 2})
 
 
 def _common(corpus, *extra):
