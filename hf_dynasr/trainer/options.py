@@ -64,7 +64,7 @@ class TrainArgs:
     max_duration_s: float = field(default=20.0, metadata={"help": "Drop longer utterances (counted)."})
     preprocessing_num_workers: int = field(default=1, metadata={"help": "Processes for feature extraction."})
     data_pipeline: str = field(default="auto", metadata={"help": (
-        "precomputed: features of the whole training set computed once and cached (fastest for small corpora); "
+        "precomputed: features of the whole training set computed once and cached (no DataLoader workers needed); "
         "on_the_fly: an index of audio-header durations, features computed in the DataLoader workers every time "
         "(flat memory and disk at any corpus size); streaming: a shuffled stream (a Hub dataset read with "
         "streaming=True, or a local corpus), each process and worker its own shard, batches bucketed by duration; "
