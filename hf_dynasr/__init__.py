@@ -1,11 +1,11 @@
 """hf_dynasr: one CTC Conformer supernet, many deployable sizes, as ordinary Transformers checkpoints.
 
-Importing the package registers `DynaSRConfig` with `AutoConfig` and `DynaSRForCTC` with
+Importing the package registers `DynaSRConfig` with `AutoConfig`, `DynaSRModel` (the encoder) with `AutoModel` and `DynaSRForCTC` with
 `AutoModelForCTC`, so `AutoModelForCTC.from_pretrained(path, subnet="40M")` and
 `pipeline("automatic-speech-recognition", model=path)` work on hf_dynasr checkpoints.
 """
 
-from transformers import AutoConfig, AutoModelForCTC
+from transformers import AutoConfig, AutoModel, AutoModelForCTC
 
 from hf_dynasr.evaluation.budget import pick_subnet
 from hf_dynasr.models.dynasr import (
@@ -21,6 +21,7 @@ from hf_dynasr.data.processing import build_feature_extractor, build_processor, 
 
 AutoConfig.register("dynasr", DynaSRConfig, exist_ok=True)
 AutoModelForCTC.register(DynaSRConfig, DynaSRForCTC, exist_ok=True)
+AutoModel.register(DynaSRConfig, DynaSRModel, exist_ok=True)
 
 __version__ = "0.1.0"
 __all__ = [

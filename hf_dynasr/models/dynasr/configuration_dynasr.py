@@ -20,6 +20,7 @@ BLOCK_TYPES = tuple(BLOCK_MODULES)  # ("conformer", "ebranchformer")
 FRONTEND_TYPES = ("vgg4x", "conv2d4x")
 GRANULARITIES = ("module", "component")
 CONV_GRANULARITIES = ("module", "chunk")
+POSITION_ENCODINGS = ("relative", "none")
 #: criteria a named subnet may record: a cost criterion, or "manual" (components picked by hand)
 SUBNET_CRITERIA = (*COST_CRITERIA, "manual")
 _SUBNET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -49,6 +50,13 @@ class DynaSRConfig(PretrainedConfig):
         hidden_dropout (`float`, defaults to 0.1): dropout on every residual branch output.
         activation_dropout (`float`, defaults to 0.1): dropout inside the FFN, after the activation.
         attention_dropout (`float`, defaults to 0.1): dropout on attention weights.
+        position_encoding (`str`, defaults to `"relative"`): positional information in self-attention.
+            `"relative"`: relative positional encoding as in the Conformer (Gulati et al. 2020, sec. 2.1), the
+            Transformer-XL form (Dai et al. 2019, sec. 3.3) with per-head content and position biases and a
+            per-head projection of sinusoidal relative positions, as Parakeet/NeMo and RWTH's i6_models use;
+            its parameters belong to their head, so a pruned head takes them along. `"none"`: attention is
+            order-blind and only the convolutions carry position. A checkpoint whose config has no such key
+            (saved before the option existed) loads as `"none"`, its behaviour then.
         final_dropout (`float`, defaults to 0.0): dropout before the CTC output layers.
         layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
         architecture_spec (`list[dict]`, *optional*): per block `{"ffn1": units, "mhsa": heads, "conv":
@@ -116,6 +124,7 @@ class DynaSRConfig(PretrainedConfig):
     hidden_dropout: float = 0.1
     activation_dropout: float = 0.1
     attention_dropout: float = 0.1
+    position_encoding: str = "relative"
     final_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     architecture_spec: list | None = None
@@ -162,6 +171,14 @@ class DynaSRConfig(PretrainedConfig):
         self.check_consistency()
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A saved config without `position_encoding` predates the option: its model had no positional
+        information in self-attention, and it keeps loading (and behaving) as `"none"`."""
+        if "position_encoding" not in config_dict:
+            config_dict = {**config_dict, "position_encoding": "none"}
+        return super().from_dict(config_dict, **kwargs)
+
     # --- derived values -------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
@@ -189,6 +206,7 @@ class DynaSRConfig(PretrainedConfig):
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("conv_granularity", self.conv_granularity, CONV_GRANULARITIES)
         check_choice("ctc_loss_reduction", self.ctc_loss_reduction, ("mean", "sum"))
+        check_choice("position_encoding", self.position_encoding, POSITION_ENCODINGS)
         for name in ("vocab_size", "num_mel_bins", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "conv_channels", "ffn_chunk_size", "conv_chunk_size", "frontend_channels",
                      "sampling_rate", "hop_length", "cgmlp_intermediate_size", "cgmlp_chunk_size"):

@@ -25,7 +25,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .components_dynasr import RESIDUAL_SCALE, module_names
-from .modules_dynasr import MODULE_CLASSES, ModuleRoute, apply_module
+from .gating_dynasr import ModuleRoute, apply_module
+from .modules_dynasr import MODULE_CLASSES
 
 
 class DynaSRBranchMerge(nn.Module):

@@ -1,18 +1,7 @@
-"""Conformer and E-Branchformer parts with component gates (one module type per class, i6_models style).
-The E-Branchformer block and its (not prunable) branch merge are in ebranchformer_dynasr.py.
-
-Every prunable module takes a `ModuleRoute`:
-- `keep`: unit indices kept by a binary mask (`None` = all). The module computes with the kept rows and
-  columns only (index_select on the weights), so a masked supernet does the same arithmetic as the
-  extracted model and costs what that smaller model costs;
-- `unit_gate`: soft gates per kept unit, `[U]` or per sequence `[B, U]` (training: the soft masks of the
-  selection methods of papers 1 and 2);
-- `out_gate`: a soft gate on the whole module output, `[]` or `[B]` (module-wise granularity, paper 1).
-
-Each module class also owns what is specific to its type (see `GatedModule`): its unit and component sizes,
-its parameter cost per unit, its slice plan, its DMAO importance slice and unit kind. The component index,
-the costs, the config's spec checks, DMAO and the architecture report ask the class, so a new module type
-is one class plus one entry in `MODULE_CLASSES`.
+"""Conformer and E-Branchformer parts with component gates (one module type per class, i6_models style):
+feed-forward, convolution module and cgMLP here, self-attention in attention_dynasr.py, the gating interface they
+share (`ModuleRoute`, `GatedModule`) in gating_dynasr.py. The E-Branchformer block and its (not prunable) branch
+merge are in ebranchformer_dynasr.py.
 
 Departures from the papers' gating, chosen so that gate 0 equals removal and gate 1 equals the plain model:
 - FFN chunk: the gate scales the chunk's activations after the nonlinearity (paper 2 scales W1/b1 rows and
@@ -26,45 +15,12 @@ Departures from the papers' gating, chosen so that gate 0 equals removal and gat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class ModuleRoute:
-    keep: torch.Tensor | None = None
-    unit_gate: torch.Tensor | None = None
-    out_gate: torch.Tensor | None = None
-    skip: bool = False
-
-
-def _gate_units(hidden_states: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    """Scale the last dim of `[B, T, U]` by a gate of shape `[U]` or `[B, U]`."""
-    if gate is None:
-        return hidden_states
-    return hidden_states * (gate if gate.dim() == 1 else gate[:, None, :])
-
-
-def _rows(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    return weight if keep is None else weight.index_select(0, keep)
-
-
-def _columns(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    return weight if keep is None else weight.index_select(1, keep)
-
-
-def apply_module(module: nn.Module | None, hidden_states, attention_mask, route: ModuleRoute):
-    """A module's output with its route (kept units, unit gates, module gate); None if absent or skipped."""
-    if module is None or route.skip:
-        return None
-    out = module(hidden_states, attention_mask, route)
-    if route.out_gate is not None:
-        gate = route.out_gate
-        out = out * (gate if gate.dim() == 0 else gate[:, None, None])
-    return out
+from .attention_dynasr import DynaSRSelfAttention
+from .gating_dynasr import GatedModule, ModuleRoute, apply_module, gate_units, select_columns, select_rows
 
 
 def _chunk_layer_norm(hidden_states, chunk: int, eps: float, weight, bias) -> torch.Tensor:
@@ -72,62 +28,6 @@ def _chunk_layer_norm(hidden_states, chunk: int, eps: float, weight, bias) -> to
     batch, time, channels = hidden_states.shape
     grouped = hidden_states.reshape(batch, time, channels // chunk, chunk)
     return F.layer_norm(grouped, (chunk,), eps=eps).reshape(batch, time, channels) * weight + bias
-
-
-class GatedModule(nn.Module):
-    """Base of the prunable module types: what is specific to a type, as class attributes and classmethods.
-
-    A module's size (its entry in the architecture spec) counts its units: hidden units, heads, channels.
-    Units are grouped into chunks of `chunk_size(config)` units, the components at component granularity
-    and DMAO's units (paper 3). Subclasses set the attributes below and implement `slice_plan`,
-    `unit_params`, `importance_slice` and `nominal_size`."""
-
-    #: `Component.kind` of its components at component granularity ("module" is the whole-module kind)
-    component_kind: str = ""
-    #: letter of its components' names: "b0.ffn1.c3" (chunk 3), "b2.mhsa.h1" (head 1)
-    component_tag: str = "c"
-    #: the unit kind DMAO's `unit_kinds` option names
-    dmao_kind: str = ""
-    #: what one unit is, in reports
-    unit_name: str = "units"
-    #: the config field holding units per chunk; None: one unit per component (attention heads)
-    chunk_size_field: str | None = None
-
-    @classmethod
-    def nominal_size(cls, config) -> int:
-        """Its size in a uniform architecture spec (the config's nominal width)."""
-        raise NotImplementedError
-
-    @classmethod
-    def chunk_size(cls, config) -> int:
-        """Units per chunk; spec sizes are multiples of it."""
-        return 1 if cls.chunk_size_field is None else getattr(config, cls.chunk_size_field)
-
-    @classmethod
-    def unit_step(cls, config) -> int:
-        """Units per component at the config's granularity (0 = one component for the whole module)."""
-        return 0 if config.granularity == "module" else cls.chunk_size(config)
-
-    @classmethod
-    def unit_params(cls, config) -> int:
-        """Parameters that belong to one unit (they go with it when it is removed)."""
-        raise NotImplementedError
-
-    @classmethod
-    def shared_params(cls, config) -> int:
-        """Parameters of the module that belong to no unit: its pre-LayerNorm (weight, bias) and output bias."""
-        return 2 * config.hidden_size + config.hidden_size
-
-    @staticmethod
-    def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        """Which parameters hold which units: name -> (dim, indices, is_outgoing). Used by extraction, lazy
-        loading and DMAO (units may repeat there: a repeated unit is a copy)."""
-        raise NotImplementedError
-
-    def importance_slice(self) -> tuple[nn.Parameter, object]:
-        """(parameter, view) whose rows, grouped per unit, are the unit's representative weight slice for
-        paper 3's utilisation score: `view(param)` and `view(param.grad)` have the units along dim 0."""
-        raise NotImplementedError
 
 
 class DynaSRFeedForward(GatedModule):
@@ -165,74 +65,10 @@ class DynaSRFeedForward(GatedModule):
     def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d]
         keep = route.keep
         hidden_states = self.layer_norm(hidden_states)
-        hidden_states = F.linear(hidden_states, _rows(self.linear_in.weight, keep), _rows(self.linear_in.bias, keep))
-        hidden_states = _gate_units(F.silu(hidden_states), route.unit_gate)  # [B, T, H]
+        hidden_states = F.linear(hidden_states, select_rows(self.linear_in.weight, keep), select_rows(self.linear_in.bias, keep))
+        hidden_states = gate_units(F.silu(hidden_states), route.unit_gate)  # [B, T, H]
         hidden_states = self.activation_dropout(hidden_states)
-        return self.dropout(F.linear(hidden_states, _columns(self.linear_out.weight, keep), self.linear_out.bias))
-
-
-class DynaSRSelfAttention(GatedModule):
-    """LN -> multi-head self-attention (SDPA with the padding mask) -> dropout. Units: heads."""
-
-    component_kind = "head"
-    component_tag = "h"
-    dmao_kind = "mhsa"
-    unit_name = "heads"
-    chunk_size_field = None  # one head per component
-
-    @classmethod
-    def nominal_size(cls, config) -> int:
-        return config.num_attention_heads
-
-    @classmethod
-    def unit_params(cls, config) -> int:  # q, k, v rows + biases and out_proj columns of one head
-        return config.head_dim * (3 * (config.hidden_size + 1) + config.hidden_size)
-
-    @staticmethod
-    def slice_plan(units: torch.Tensor, size: int, config) -> dict:
-        rows = (units[:, None] * config.head_dim + torch.arange(config.head_dim, device=units.device)).reshape(-1)
-        plan = {f"{p}_proj.{t}": (0, rows, False) for p in "qkv" for t in ("weight", "bias")}
-        plan["out_proj.weight"] = (1, rows, True)
-        return plan
-
-    def importance_slice(self):  # a head's columns of the output projection
-        return self.out_proj.weight, lambda t: t.t()
-
-    def __init__(self, config, num_heads: int):
-        super().__init__()
-        self.head_dim = config.head_dim
-        inner = num_heads * self.head_dim
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.q_proj = nn.Linear(config.hidden_size, inner)
-        self.k_proj = nn.Linear(config.hidden_size, inner)
-        self.v_proj = nn.Linear(config.hidden_size, inner)
-        self.out_proj = nn.Linear(inner, config.hidden_size)
-        self.attention_dropout = config.attention_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout)
-
-    def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d], mask [B, T] bool
-        batch, time, _ = hidden_states.shape
-        rows = None
-        if route.keep is not None:  # head ids -> rows of the projections
-            offsets = torch.arange(self.head_dim, device=route.keep.device)
-            rows = (route.keep[:, None] * self.head_dim + offsets).reshape(-1)
-        hidden_states = self.layer_norm(hidden_states)
-
-        def project(linear):  # [B, T, d] -> [B, H, T, hd]
-            out = F.linear(hidden_states, _rows(linear.weight, rows), _rows(linear.bias, rows))
-            return out.view(batch, time, -1, self.head_dim).transpose(1, 2)
-
-        query, key, value = project(self.q_proj), project(self.k_proj), project(self.v_proj)
-        context = F.scaled_dot_product_attention(
-            query, key, value,
-            attn_mask=attention_mask[:, None, None, :],  # [B, 1, 1, T]: padded keys are never attended
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # [B, H, T, hd]
-        if route.unit_gate is not None:
-            gate = route.unit_gate
-            context = context * (gate[:, None, None] if gate.dim() == 1 else gate[:, :, None, None])
-        context = context.transpose(1, 2).reshape(batch, time, -1)  # [B, T, H * hd]
-        return self.dropout(F.linear(context, _columns(self.out_proj.weight, rows), self.out_proj.bias))
+        return self.dropout(F.linear(hidden_states, select_columns(self.linear_out.weight, keep), self.linear_out.bias))
 
 
 class GatedChannelModule(GatedModule):
@@ -262,15 +98,15 @@ class GatedChannelModule(GatedModule):
         size = self.depthwise.out_channels
         return getattr(self, self.linear_in_name).weight, lambda t: t[:size]
 
-    def value_gate_rows(self, keep: torch.Tensor | None) -> torch.Tensor | None:
+    def value_gateselect_rows(self, keep: torch.Tensor | None) -> torch.Tensor | None:
         """Rows of the input projection that the kept units own (values, then gates); None = all."""
         return None if keep is None else torch.cat([keep, keep + self.depthwise.out_channels])
 
     def chunk_norm(self, hidden_states, keep: torch.Tensor | None) -> torch.Tensor:  # [B, T, C]
         """LayerNorm over each chunk of `self.chunk` kept channels on its own, so removing a chunk leaves the
         others unchanged."""
-        return _chunk_layer_norm(hidden_states, self.chunk, self.eps, _rows(self.norm_weight, keep),
-                                 _rows(self.norm_bias, keep))
+        return _chunk_layer_norm(hidden_states, self.chunk, self.eps, select_rows(self.norm_weight, keep),
+                                 select_rows(self.norm_bias, keep))
 
     def depthwise_conv(self, hidden_states, attention_mask, keep: torch.Tensor | None) -> torch.Tensor:
         """The depthwise conv over time of the kept channels [B, T, C], padded frames zeroed first so a padded
@@ -278,7 +114,7 @@ class GatedChannelModule(GatedModule):
         hidden_states = hidden_states.masked_fill(~attention_mask[..., None], 0.0)
         channels = hidden_states.shape[-1]
         return F.conv1d(
-            hidden_states.transpose(1, 2), _rows(self.depthwise.weight, keep), _rows(self.depthwise.bias, keep),
+            hidden_states.transpose(1, 2), select_rows(self.depthwise.weight, keep), select_rows(self.depthwise.bias, keep),
             padding=self.depthwise.padding, groups=channels,
         ).transpose(1, 2)
 
@@ -323,15 +159,15 @@ class DynaSRConvModule(GatedChannelModule):
 
     def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d]
         keep = route.keep
-        glu_rows = self.value_gate_rows(keep)
+        glu_rows = self.value_gateselect_rows(keep)
         hidden_states = self.layer_norm(hidden_states)
         hidden_states = F.linear(
-            hidden_states, _rows(self.pointwise_in.weight, glu_rows), _rows(self.pointwise_in.bias, glu_rows)
+            hidden_states, select_rows(self.pointwise_in.weight, glu_rows), select_rows(self.pointwise_in.bias, glu_rows)
         )
         hidden_states = F.glu(hidden_states, dim=-1)  # [B, T, C]
         hidden_states = self.chunk_norm(self.depthwise_conv(hidden_states, attention_mask, keep), keep)
-        hidden_states = _gate_units(F.silu(hidden_states), route.unit_gate)
-        return self.dropout(F.linear(hidden_states, _columns(self.pointwise_out.weight, keep), self.pointwise_out.bias))
+        hidden_states = gate_units(F.silu(hidden_states), route.unit_gate)
+        return self.dropout(F.linear(hidden_states, select_columns(self.pointwise_out.weight, keep), self.pointwise_out.bias))
 
 
 class DynaSRConvolutionalGatingMLP(GatedChannelModule):
@@ -366,13 +202,13 @@ class DynaSRConvolutionalGatingMLP(GatedChannelModule):
     def forward(self, hidden_states, attention_mask, route: ModuleRoute):  # [B, T, d]
         keep = route.keep
         units = self.depthwise.out_channels if keep is None else keep.numel()
-        both = self.value_gate_rows(keep)
+        both = self.value_gateselect_rows(keep)
         hidden_states = self.layer_norm(hidden_states)
-        hidden_states = F.linear(hidden_states, _rows(self.linear_in.weight, both), _rows(self.linear_in.bias, both))
+        hidden_states = F.linear(hidden_states, select_rows(self.linear_in.weight, both), select_rows(self.linear_in.bias, both))
         values, gates = F.gelu(hidden_states).split(units, dim=-1)  # [B, T, U] each
         gates = self.depthwise_conv(self.chunk_norm(gates, keep), attention_mask, keep)
-        hidden_states = _gate_units(values * self.activation_dropout(gates), route.unit_gate)  # [B, T, U]
-        return self.dropout(F.linear(hidden_states, _columns(self.linear_out.weight, keep), self.linear_out.bias))
+        hidden_states = gate_units(values * self.activation_dropout(gates), route.unit_gate)  # [B, T, U]
+        return self.dropout(F.linear(hidden_states, select_columns(self.linear_out.weight, keep), self.linear_out.bias))
 
 
 #: The prunable module class of each spec key, in component-index order within a block (the modules of each
@@ -384,3 +220,15 @@ MODULE_CLASSES: dict[str, type[GatedModule]] = {
     "cgmlp": DynaSRConvolutionalGatingMLP,
     "ffn2": DynaSRFeedForward,
 }
+
+__all__ = [
+    "MODULE_CLASSES",
+    "DynaSRConvModule",
+    "DynaSRConvolutionalGatingMLP",
+    "DynaSRFeedForward",
+    "DynaSRSelfAttention",
+    "GatedChannelModule",
+    "GatedModule",
+    "ModuleRoute",
+    "apply_module",
+]
