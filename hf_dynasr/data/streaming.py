@@ -38,6 +38,7 @@ from datasets import config as datasets_config
 from datasets.distributed import split_dataset_by_node
 
 from hf_dynasr.data.audio import AudioDecodeError, load_audio
+from hf_dynasr.data.augmentation import Augmenter
 from hf_dynasr.data.batching import DataCollatorCTCWithPadding, pack_by_duration
 from hf_dynasr.data.prepare import (
     DROP_COLUMNS,
@@ -55,7 +56,7 @@ from hf_dynasr.data.processing import HOP_LENGTH, SAMPLING_RATE
 logger = logging.getLogger(__name__)
 
 __all__ = ["OnTheFlySpeechDataset", "StreamingSpeechBatches", "header_duration", "index_corpus", "is_placeholder",
-           "pop_data_report", "worker_init"]
+           "pop_data_report", "prepare_rows", "worker_init"]
 
 PLACEHOLDER = "stream_placeholder"  # a batch a resumed stream yields only to keep the DataLoader's turns in step
 INDEX_VERSION = "2"  # bump when the index's columns or checks change (the cache file name includes it)
@@ -175,18 +176,28 @@ class OnTheFlySpeechDataset(torch.utils.data.Dataset):
     """Rows of an :func:`index_corpus` index, decoded, featurised and tokenised when they are read.
 
     ``dataset[i]`` is ``{"input_features": [T, n_mels] float32, "labels": [int]}``, or ``{"dropped": (reason,
-    path, detail)}`` for a row only decoding rules out (:class:`OnTheFlyCollator` counts it)."""
+    path, detail)}`` for a row only decoding rules out (:class:`OnTheFlyCollator` counts it). With an
+    ``augmenter`` the DataLoader reads a batch at once (``__getitems__``): each row is perturbed with a generator
+    seeded by the epoch (``epoch_source.epoch``, the batch sampler's, which workers copy when they start) and its
+    index, the batch's other rows being its babble sources; a resumed run perturbs every row alike."""
 
-    def __init__(self, index: Dataset, options: dict):
+    def __init__(self, index: Dataset, options: dict, augmenter: Augmenter | None = None, epoch_source=None):
         self.index = index.with_format(None)
         self.options = options
+        self.augmenter = augmenter if augmenter is not None and augmenter.enabled else None
+        self.epoch_source = epoch_source
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.index[int(i)]
-        return prepare_row(row["audio"], row["text"], self.options)
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        rows = [self.index[int(i)] for i in indices]
+        epoch = int(getattr(self.epoch_source, "epoch", 0))
+        return prepare_rows([(row["audio"], row["text"]) for row in rows], self.options, self.augmenter,
+                            [(epoch, int(i)) for i in indices])
 
 
 def prepare_row(audio, text, options: dict) -> dict:
@@ -199,6 +210,33 @@ def prepare_row(audio, text, options: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - an odd row must not kill a long run; it is counted
         return {"dropped": ("processing_error", audio_path(audio), f"{type(exc).__name__}: {exc}"[:300])}
     return {"input_features": features, "labels": labels, "duration": duration}
+
+
+def prepare_rows(rows: list[tuple], options: dict, augmenter: Augmenter | None = None,
+                 keys: list[tuple[int, ...]] | None = None) -> list[dict]:
+    """:func:`prepare_row` of each ``(audio, text)``; with an ``augmenter`` the decoded audio is perturbed first
+    (``keys``: each row's place in the data stream, the generator's seed with the augmenter's). A row that does
+    not decode to finite samples is left to :func:`prepare_row`, which counts it."""
+    if augmenter is None:
+        return [prepare_row(audio, text, options) for audio, text in rows]
+    sr = options["sampling_rate"]
+    arrays = [_decoded_or_none(audio, sr) for audio, _ in rows]
+    usable = [array for array in arrays if array is not None]
+    items = []
+    for (audio, text), array, key in zip(rows, arrays, keys):
+        if array is not None:
+            others = [other for other in usable if other is not array]
+            audio = {"array": augmenter(array, key, others), "sampling_rate": sr, "path": audio_path(audio)}
+        items.append(prepare_row(audio, text, options))
+    return items
+
+
+def _decoded_or_none(audio, sampling_rate: int) -> np.ndarray | None:
+    try:
+        array = load_audio(audio, sampling_rate)
+    except Exception:  # noqa: BLE001 - prepare_row decodes it again and counts the reason
+        return None
+    return array if array.size and np.isfinite(array).all() else None
 
 
 class OnTheFlyCollator:
@@ -256,11 +294,13 @@ class StreamingSpeechBatches(torch.utils.data.IterableDataset):
     at a time, sorted by header duration, packed into batches of at most ``max_batch_seconds`` of padded audio
     and yielded in a shuffled order; the stream starts over (next pass) when the shard ends, so it never ends.
     A DataLoader over it (``batch_size=None``) takes the workers' batches in turn, so ``skip_batches`` (the
-    batches a resumed run already consumed) are dropped by each worker before decoding anything."""
+    batches a resumed run already consumed) are dropped by each worker before decoding anything. An
+    ``augmenter`` perturbs each row with a generator seeded by its place among its worker's batches."""
 
     def __init__(self, stream: HFIterableDataset, options: dict, collator: OnTheFlyCollator, *,
                  max_batch_seconds: float, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000, bucket_size: int = 500, skip_batches: int = 0):
+                 shuffle_buffer: int = 1000, bucket_size: int = 500, skip_batches: int = 0,
+                 augmenter: Augmenter | None = None):
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
         self.stream = stream.cast_column("audio", Audio(decode=False))
@@ -269,6 +309,7 @@ class StreamingSpeechBatches(torch.utils.data.IterableDataset):
         self.rank, self.world_size = int(rank), int(world_size)
         self.shuffle_buffer, self.bucket_size = int(shuffle_buffer), int(bucket_size)
         self.skip_batches = int(skip_batches)
+        self.augmenter = augmenter if augmenter is not None and augmenter.enabled else None
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -280,11 +321,13 @@ class StreamingSpeechBatches(torch.utils.data.IterableDataset):
         to_skip = max(0, -(-(self.skip_batches - worker) // workers))
         if worker < self.skip_batches % workers:
             yield {PLACEHOLDER: True}
-        for batch_rows, drops, _ in self.batch_plan(worker):
+        for number, (batch_rows, drops, _) in enumerate(self.batch_plan(worker)):
             if to_skip:  # consumed before the run was interrupted (and counted then): not decoded again
                 to_skip -= 1
                 continue
-            items = [prepare_row(audio, text, self.options) for audio, text, _ in batch_rows]
+            # augmentation keys: the row's place in this worker's batches (the same after a resume)
+            keys = [(self.rank, worker, number, position) for position in range(len(batch_rows))]
+            items = prepare_rows([(audio, text) for audio, text, _ in batch_rows], self.options, self.augmenter, keys)
             yield self.collator(items, extra_drops=drops)
 
     def batch_plan(self, worker: int = 0) -> Iterator[tuple[list[tuple], list[tuple], int]]:

@@ -15,6 +15,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
+from hf_dynasr.data.augmentation import Augmenter
 from hf_dynasr.data.loading import check_distinct_splits, parse_spec
 from hf_dynasr.data.prepare import DROP_REASONS, FilterReport, preparation_options
 from hf_dynasr.data.processing import build_processor
@@ -107,12 +108,16 @@ def build_data(args: TrainArgs, accelerator: Accelerator) -> TrainData:
         check_distinct_splits(args.train_data, args.train_split, args.eval_data or args.train_data, args.eval_split)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    augmenter = Augmenter(args.augmentation_config(), seed=args.seed)  # training data only, never evaluation
+    if augmenter.enabled and args.data_pipeline == "precomputed":
+        raise SystemExit("error: --augmentation perturbs the audio every time an utterance is read, which "
+                         "precomputed features cannot; use --data_pipeline on_the_fly, streaming or auto")
     with accelerator.main_process_first():
         eval_ds, eval_report = _eval_set(args, processor)
         if args.data_pipeline == "streaming":
-            data = _streaming(args, accelerator, processor, options)
+            data = _streaming(args, accelerator, processor, options, augmenter)
         else:
-            data = _indexed(args, processor, options)
+            data = _indexed(args, processor, options, augmenter)
     data.eval_ds, data.reports["eval"] = eval_ds, eval_report
     logger.info("train data (%s): %s", data.pipeline, data.reports["train"])
     logger.info("eval data: %s", eval_report)
@@ -127,14 +132,19 @@ def _eval_set(args: TrainArgs, processor):
                            max_duration_s=None, num_proc=args.preprocessing_num_workers)
 
 
-def _indexed(args: TrainArgs, processor, options: dict) -> TrainData:
-    """precomputed or on_the_fly (auto: by the hours the header index finds)."""
+def _indexed(args: TrainArgs, processor, options: dict, augmenter: Augmenter) -> TrainData:
+    """precomputed or on_the_fly (auto: on_the_fly with augmentation, else by the hours the header index
+    finds)."""
     raw = load_speech_dataset(args.train_data, split=args.train_split, duplicates="drop")
     pipeline = args.data_pipeline
     index = report = None
     if pipeline != "precomputed":
         index, report = index_corpus(raw, options, num_proc=args.preprocessing_num_workers)
-        if pipeline == "auto":
+        if pipeline == "auto" and augmenter.enabled:
+            pipeline = "on_the_fly"
+            logger.info("--data_pipeline auto: on_the_fly, since --augmentation perturbs the audio every time an "
+                        "utterance is read (precomputed features cannot be augmented)")
+        elif pipeline == "auto":
             hours = report.kept_seconds / 3600
             pipeline = "precomputed" if hours <= args.precompute_max_hours else "on_the_fly"
             logger.info("--data_pipeline auto: %.2f h of training audio -> %s (--precompute_max_hours %s)",
@@ -144,20 +154,24 @@ def _indexed(args: TrainArgs, processor, options: dict) -> TrainData:
     if pipeline == "precomputed":
         train_ds, report = prepare_dataset(raw, fe, processor.tokenizer, min_duration_s=args.min_duration_s,
                                            max_duration_s=args.max_duration_s, num_proc=args.preprocessing_num_workers)
-        dataset, collate = train_ds.with_format("numpy"), DataCollatorCTCWithPadding(fe)
     else:
-        train_ds, dataset = index, OnTheFlySpeechDataset(index, options)
-        collate = OnTheFlyCollator(fe, options["n_mels"])
+        train_ds = index
     if len(train_ds) == 0:
         raise SystemExit(f"error: no usable training utterance in {args.train_data}: {report}")
     sampler = DurationBatchSampler.from_dataset(train_ds, args.max_batch_seconds, seed=args.seed)
+    if pipeline == "precomputed":
+        dataset, collate = train_ds.with_format("numpy"), DataCollatorCTCWithPadding(fe)
+    else:  # the sampler's epoch seeds the augmentation (workers copy it when an epoch's iterator starts)
+        dataset = OnTheFlySpeechDataset(index, options, augmenter, epoch_source=sampler)
+        collate = OnTheFlyCollator(fe, options["n_mels"])
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                         worker_init_fn=worker_init if workers else None)
     return TrainData(processor, train_ds, None, {"train": report}, sampler, DataCollatorCTCWithPadding(fe), loader,
                      pipeline)
 
 
-def _streaming(args: TrainArgs, accelerator: Accelerator, processor, options: dict) -> TrainData:
+def _streaming(args: TrainArgs, accelerator: Accelerator, processor, options: dict,
+               augmenter: Augmenter) -> TrainData:
     """A shuffled stream; a local corpus is cut into shards (files for the processes and workers to share)."""
     kind = parse_spec(args.train_data)[0]
     if kind == "hub":
@@ -170,7 +184,7 @@ def _streaming(args: TrainArgs, accelerator: Accelerator, processor, options: di
     batches = StreamingSpeechBatches(
         stream, options, OnTheFlyCollator(fe, options["n_mels"]), max_batch_seconds=args.max_batch_seconds,
         seed=args.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-        shuffle_buffer=args.streaming_shuffle_buffer)
+        shuffle_buffer=args.streaming_shuffle_buffer, augmenter=augmenter)
     workers = args.dataloader_num_workers
     loader = DataLoader(batches, batch_size=None, num_workers=workers, worker_init_fn=worker_init if workers else None)
     report = FilterReport(streaming=True)  # the stream's counts arrive with its batches (worker_report)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 import yaml
 from transformers import HfArgumentParser
 
+from hf_dynasr.data.augmentation import AugmentationConfig
 from hf_dynasr.dmao import DMAOConfig
 from hf_dynasr.selection import SelectionConfig
 from hf_dynasr.trainer.run_folder import LOCK, RUN_ENTRIES
@@ -26,7 +27,7 @@ TRAJECTORY_OPTIONS = (
     "streaming_shuffle_buffer", "model", "init_from", "subnets", "selection", "dmao", "max_steps",
     "max_batch_seconds", "sortagrad", "learning_rate", "weight_decay", "adam_epsilon", "adam_beta2",
     "lr_scheduler", "warmup_fraction", "decay_fraction", "max_grad_norm", "gradient_accumulation_steps",
-    "mixed_precision", "spec_augment", "seed")
+    "mixed_precision", "spec_augment", "augmentation", "seed")
 
 #: Allowed ranges of the numeric options, checked at parse time: option -> (lowest, highest, inclusive low).
 RANGES = {
@@ -100,6 +101,13 @@ class TrainArgs:
                                                                       "accelerate launch / accelerate config set, "
                                                                       "else no."})
     spec_augment: bool = field(default=False, metadata={"help": "SpecAugment with the papers' values."})
+    augmentation: dict | str | None = field(default=None, metadata={"help": (
+        "Waveform augmentation of the training audio in the data workers (hf_dynasr.data.augmentation."
+        "AugmentationConfig; needs --data_pipeline on_the_fly or streaming, which auto then picks): each family "
+        "on with its probability - speed_prob (speed_factors), silence_prob (silence_edge_s, silence_max_pauses, "
+        "silence_pause_s, silence_level_db), reverb_prob (reverb_rt60_s, reverb_drr_db), noise_prob "
+        "(noise_snr_db, noise_kinds: white, pink, brown, babble), telephone_prob (telephone_mu_law), gain_prob "
+        "(gain_db); null = off. Evaluation audio is never augmented.")})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = off)."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints."})
@@ -129,6 +137,10 @@ class TrainArgs:
         """The typed `selection` options (defaults filled in; used only when `subnets` names sizes)."""
         return SelectionConfig.from_dict(self.selection)
 
+    def augmentation_config(self) -> AugmentationConfig:
+        """The typed `augmentation` options (all families off when unset)."""
+        return AugmentationConfig.from_dict(self.augmentation)
+
     def dmao_config(self) -> DMAOConfig | None:
         """The typed `dmao` options, or None when DMAO is off."""
         return DMAOConfig(**self.dmao) if self.dmao else None
@@ -145,11 +157,12 @@ def parse_args(argv=None) -> TrainArgs:
         parser.set_defaults(**read_config(argv[i + 1]))
         del argv[i : i + 2]
     args = parser.parse_args_into_dataclasses(argv)[0]
-    for name in ("model", "subnets", "selection", "dmao"):
+    for name in ("model", "subnets", "selection", "dmao", "augmentation"):
         value = getattr(args, name)
         setattr(args, name, json.loads(value) if isinstance(value, str) else (value or {}))
     check_ranges(args)
-    for name, check in (("selection", args.selection_config), ("dmao", args.dmao_config)):
+    for name, check in (("selection", args.selection_config), ("dmao", args.dmao_config),
+                        ("augmentation", args.augmentation_config)):
         try:
             check()
         except (TypeError, ValueError) as err:
