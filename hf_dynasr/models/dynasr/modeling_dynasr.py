@@ -331,11 +331,13 @@ class DynaSRForCTC(SubnetMixin, DynaSRPreTrainedModel):
         if loaded is not None:
             return loaded
         check_whole_checkpoint(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # `output_loading_info=True` gives (model, info), as transformers' loader does
+        model, info = loaded if isinstance(loaded, tuple) else (loaded, None)
         name = model.config.active_subnet
         if name is not None and name != FULL and model.subnet_ids(name) is not None:
             model = model.extract_subnet(name)
-        return model
+        return model if info is None else (model, info)
 
 
 DynaSRConfig.register_for_auto_class()
