@@ -8,9 +8,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES="espeak-ng flite sox fortunes fortunes-min wordnet-base irstlm libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57"
+APT_PACKAGES="espeak-ng flite sox fortunes fortunes-min wordnet-base festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts irstlm libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57"
 missing=""
-for tool in espeak-ng flite sox; do command -v "$tool" >/dev/null 2>&1 || missing="yes"; done
+for tool in espeak-ng flite sox text2wave; do command -v "$tool" >/dev/null 2>&1 || missing="yes"; done
 [ -d /usr/share/games/fortunes ] && [ -d /usr/share/wordnet ] || missing="yes"
 ls /usr/lib/*/libavcodec.so.59 >/dev/null 2>&1 || missing="yes"
 if [ -n "$missing" ]; then

@@ -46,7 +46,8 @@ def print_summary(summary: dict) -> None:
     """The corpus, hours per split, synthesized / reused / failed counts and the first failures."""
     print(f"corpus: {summary['output_dir']}  (seed {summary['seed']}, engines {','.join(summary['engines'])})")
     for split, row in summary["splits"].items():
-        print(f"  {split:5s}: {row['utterances']:6d} utterances, {row['hours']:7.3f} h")
+        engines = ", ".join(f"{name} {n}" for name, n in row.get("engines", {}).items())
+        print(f"  {split:5s}: {row['utterances']:6d} utterances, {row['hours']:7.3f} h  ({engines})")
     wall, failures = summary["wall_s"], summary["failures"]
     print(f"  synthesized {summary['synthesized']}, reused {summary['reused']}, failed {len(failures)}; "
           f"{wall:.1f} s wall ({summary['jobs'] / max(wall, 1e-9):.1f} utt/s)")

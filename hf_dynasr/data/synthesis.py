@@ -1,27 +1,32 @@
-"""Synthesize an offline English read-speech corpus (train/dev/test) with espeak-ng and flite.
+"""Synthesize an offline English read-speech corpus (train/dev/test) with espeak-ng, flite and festival.
 
 Usage (the `dynasr-synthesize` command, or `python scripts/synthesize_corpus.py`):
     dynasr-synthesize --output_dir data/synth --num_utterances 2000 --seed 0
     dynasr-synthesize --output_dir data/synth --num_utterances 200 --seed 0 \\
-        --engines espeak,flite,mbrola,pico --dev_fraction 0.05 --test_fraction 0.05 --num_workers 2
+        --engines espeak,flite,festival,mbrola,pico --dev_fraction 0.05 --test_fraction 0.05 --num_workers 2
 
-Needs (Debian main):  apt-get install -y espeak-ng flite sox fortunes fortunes-min wordnet-base
+Needs (Debian main):  apt-get install -y espeak-ng flite sox fortunes fortunes-min wordnet-base; festival with
+festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts for the festival engine (also Debian main).
 Optional engines (Debian contrib/non-free, see docs): mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
-libttspico-utils. They are used only when installed; a requested but missing one is skipped with a message.
+libttspico-utils. festival, mbrola and pico are used only when installed; a requested but missing one is skipped
+with a message. The summary counts the utterances of each engine per split.
 
 Text: sentences from /usr/share/games/fortunes/* (skipping any off/ dir and lines with crude words) and the
 quoted usage examples in /usr/share/wordnet/data.{noun,verb,adj,adv}, lowercased to [a-z' ], 3-20 words,
 deduplicated. The train, dev and test splits use disjoint sentence sets.
 
-Voices: espeak-ng with 8 English accents x +variants (rate -s 125-200 wpm, pitch -p 25-75) and flite
-kal16/slt/rms/awb (duration_stretch 0.8-1.25, int_f0_target_mean in a per-voice range; rms ignores it).
+Voices (``hf_dynasr.data.voices``): espeak-ng with 8 English accents x +variants (rate -s 125-200 wpm, pitch
+-p 25-75), flite kal/kal16/slt/rms/awb (duration_stretch 0.8-1.25, int_f0_target_mean in a per-voice range; rms
+ignores it; kal speaks at 8 kHz) and festival kal_diphone/ked_diphone/cmu_us_slt_arctic_hts (Duration_Stretch
+0.8-1.25).
 Every utterance becomes 16 kHz mono 16-bit FLAC peak-normalised to -1 dBFS: with sox (`norm -1`) when it
 needs resampling (espeak-ng speaks 22.05 kHz), in-process with soundfile when it is 16 kHz mono already
 (flite, pico, MBROLA), which spares a sox process per utterance.
 
 Output: DIR/{train,dev,test}/ in audiofolder layout: FLAC files plus metadata.csv with the columns
 file_name, transcription, engine, voice, rate, pitch, duration.  `rate` is espeak's words per minute or
-flite's duration_stretch; `pitch` is espeak's -p (0-99) or flite's target F0 in Hz (empty = voice default).
+flite's or festival's duration stretch; `pitch` is espeak's -p (0-99) or flite's target F0 in Hz (empty = voice
+default).
 Read it with `datasets.load_dataset("audiofolder", data_dir="DIR/train")`.
 
 The same --seed gives the same sentences, voices and files. File names contain a hash of the utterance's
@@ -32,41 +37,39 @@ mismatching file. Failed syntheses are counted and reported; they never stop the
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import logging
 import multiprocessing
 import os
 import random
 import re
-import shutil
 import subprocess
 import time
+from collections import Counter
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
 from hf_dynasr.data.processing import SAMPLING_RATE
+from hf_dynasr.data.voices import (
+    ALL_ENGINES,
+    MissingToolError,
+    check_tools,
+    espeak_variants,
+    festival_voices,
+    mbrola_voices,
+    parse_engines,
+    pick_voice,
+    tts_command,
+)
 
 logger = logging.getLogger(__name__)
 
-APT_MAIN = "apt-get install -y espeak-ng flite sox fortunes fortunes-min wordnet-base"
-APT_OPTIONAL = (
-    "add an apt source with the Debian 'contrib non-free' components, apt-get update, then "
-    "apt-get install -y mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils"
-)
+# the engines' names, errors and parsing live in hf_dynasr.data.voices; the CLI reaches them through here
+__all__ = ["ALL_ENGINES", "MissingToolError", "parse_engines", "plan_utterances", "run_jobs", "synthesize",
+           "synthesize_corpus", "write_metadata"]
 
-ESPEAK_ACCENTS = [
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
-]
-# Novelty/robot variants that do not sound like a human reader.
-ESPEAK_VARIANT_EXCLUDE = {"Demonic", "UniRobot", "anikaRobot", "Tweaky"}
-FLITE_VOICES = {"kal16": (80, 130), "slt": (150, 210), "awb": (105, 150), "rms": None}  # F0 range in Hz
-MBROLA_VOICES = ["us1", "us2", "us3", "en1"]
-PICO_VOICES = ["en-US", "en-GB"]
-
-ALL_ENGINES = ("espeak", "flite", "mbrola", "pico")
 SPLITS = ("train", "dev", "test")
 
 FORTUNE_DIR = "/usr/share/games/fortunes"
@@ -152,82 +155,6 @@ def load_sentences() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Tools and voices
-# ----------------------------------------------------------------------------------------------------------
-def espeak_variants() -> list[str]:
-    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
-    match = re.search(r"Data at:\s*(\S+)", out)
-    variant_dir = os.path.join(match.group(1) if match else "/usr/lib/x86_64-linux-gnu/espeak-ng-data", "voices", "!v")
-    names = sorted(os.listdir(variant_dir)) if os.path.isdir(variant_dir) else []
-    keep = [n for n in names if " " not in n and n not in ESPEAK_VARIANT_EXCLUDE and not n.startswith("robosoft")]
-    return [""] + keep  # "" = the accent's default voice
-
-
-def mbrola_voices() -> list[str]:
-    if shutil.which("mbrola") is None:
-        return []
-    return [v for v in MBROLA_VOICES if glob.glob(f"/usr/share/mbrola/{v}/{v}*")]
-
-
-class MissingToolError(RuntimeError):
-    """A tool or text source the corpus needs is not installed (the message says how to install it)."""
-
-
-def parse_engines(text: str) -> list[str]:
-    """The engines of a comma list such as "espeak,flite"; ValueError for an empty list or an unknown name."""
-    requested = [e.strip() for e in text.split(",") if e.strip()]
-    unknown = [e for e in requested if e not in ALL_ENGINES]
-    if unknown or not requested:
-        raise ValueError(f"unknown engine(s) {unknown}; choose from {', '.join(ALL_ENGINES)}")
-    return requested
-
-
-def check_tools(engines: list[str]) -> list[str]:
-    """The usable engines of `engines`: optional ones that are not installed are dropped with a warning; a
-    missing required tool raises MissingToolError with an apt-get hint."""
-    needed = {"sox": "sox"}
-    if "espeak" in engines or "mbrola" in engines:
-        needed["espeak-ng"] = "espeak-ng"
-    if "flite" in engines:
-        needed["flite"] = "flite"
-    missing = [tool for tool in needed if shutil.which(tool) is None]
-    if not os.path.isdir(FORTUNE_DIR) or not any(os.path.exists(p) for p in WORDNET_FILES):
-        missing.append("fortunes/wordnet-base text")
-    if missing:
-        raise MissingToolError(f"missing {', '.join(missing)}. Install with:\n    {APT_MAIN}")
-    usable = []
-    for engine in engines:
-        if engine == "mbrola" and not mbrola_voices():
-            logger.warning("engine 'mbrola' requested but mbrola or its voices are not installed; skipping it.\n"
-                           "    To use it: %s", APT_OPTIONAL)
-        elif engine == "pico" and shutil.which("pico2wave") is None:
-            logger.warning("engine 'pico' requested but pico2wave is not installed; skipping it.\n"
-                           "    To use it: %s", APT_OPTIONAL)
-        else:
-            usable.append(engine)
-    if not usable:
-        raise MissingToolError("none of the requested engines is available")
-    return usable
-
-
-def pick_voice(engine: str, rng: random.Random, variants: list[str], mbrola: list[str]) -> tuple:
-    """(voice, rate, pitch) for one utterance."""
-    if engine == "espeak":
-        accent, variant = rng.choice(ESPEAK_ACCENTS), rng.choice(variants)
-        return (f"{accent}+{variant}" if variant else accent), rng.randint(125, 200), rng.randint(25, 75)
-    if engine == "flite":
-        voice = rng.choice(sorted(FLITE_VOICES))
-        stretch = round(rng.uniform(0.8, 1.25), 2)
-        f0_range = FLITE_VOICES[voice]
-        return voice, stretch, (rng.randint(*f0_range) if f0_range else None)
-    if engine == "mbrola":
-        return f"mb-{rng.choice(mbrola)}", rng.randint(125, 200), rng.randint(25, 75)
-    if engine == "pico":
-        return rng.choice(PICO_VOICES), 1.0, None
-    raise ValueError(engine)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Synthesis (runs in worker processes)
 # ----------------------------------------------------------------------------------------------------------
 def normalize_in_process(wav: str, flac: str) -> bool:
@@ -246,7 +173,7 @@ def normalize_in_process(wav: str, flac: str) -> bool:
 
 def synthesize(job: dict) -> tuple[str, float | None, str]:
     """Write job["path"] (16 kHz FLAC); return (file_name, duration or None, error message)."""
-    path, text, engine, voice = job["path"], job["transcription"], job["engine"], job["voice"]
+    path = job["path"]
     name = os.path.basename(path)
     if os.path.exists(path):
         try:
@@ -255,18 +182,10 @@ def synthesize(job: dict) -> tuple[str, float | None, str]:
             os.remove(path)
     folder = os.path.dirname(path)
     tmp_wav, tmp_flac = os.path.join(folder, f".{name}.tmp.wav"), os.path.join(folder, f".{name}.tmp.flac")
-    if engine in ("espeak", "mbrola"):
-        cmd = ["espeak-ng", "-v", voice, "-s", str(job["rate"]), "-p", str(job["pitch"]), "-w", tmp_wav, text]
-    elif engine == "flite":
-        cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={job['rate']}"]
-        if job["pitch"] is not None:
-            cmd += ["--setf", f"int_f0_target_mean={job['pitch']}"]
-        cmd += ["-t", text, "-o", tmp_wav]
-    else:  # pico
-        cmd = ["pico2wave", "-l", voice, "-w", tmp_wav, text]
+    cmd, stdin = tts_command(job, tmp_wav)
     sox = ["sox", tmp_wav, "-r", str(SAMPLING_RATE), "-c", "1", "-b", "16", "-t", "flac", tmp_flac, "norm", "-1"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
         if proc.returncode == 0 and not normalize_in_process(tmp_wav, tmp_flac):
             proc = subprocess.run(sox, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
@@ -303,7 +222,7 @@ def plan_utterances(output_dir: str, num_utterances: int, engines: list[str], *,
     rng.shuffle(sentences)
     sizes = split_sizes(num_utterances, dev_fraction, test_fraction)
     total = sum(sizes.values())
-    variants, mbrola = espeak_variants(), mbrola_voices()
+    variants, mbrola, festival = espeak_variants(), mbrola_voices(), festival_voices()
     plan, start, counter = {}, 0, 0
     for split, n in sizes.items():
         # Each split draws from its own slice of the shuffled sentences; sentences repeat only if n > #sentences.
@@ -314,7 +233,7 @@ def plan_utterances(output_dir: str, num_utterances: int, engines: list[str], *,
         for i in range(n):
             engine = engines[counter % len(engines)]  # round-robin over all utterances
             counter += 1
-            voice, rate, pitch = pick_voice(engine, rng, variants, mbrola)
+            voice, rate, pitch = pick_voice(engine, rng, variants, mbrola, festival)
             text = pool[i % len(pool)]
             digest = hashlib.sha1(f"{engine}|{voice}|{rate}|{pitch}|{text}".encode()).hexdigest()[:10]
             path = os.path.join(output_dir, split, f"{i:06d}-{engine}-{digest}.flac")
@@ -341,14 +260,14 @@ def synthesize_corpus(output_dir: str, num_utterances: int, *, seed: int = 0, en
     metadata.csv. Returns a summary: the engines used, per split the utterances and hours written, how many
     files were synthesized, reused or failed ("failures": "split/file: reason" lines) and the wall time."""
     start_time = time.time()
-    engines = check_tools(list(engines))
+    engines = check_tools(list(engines), (FORTUNE_DIR, *WORDNET_FILES))
     plan = plan_utterances(output_dir, num_utterances, engines, seed=seed, dev_fraction=dev_fraction,
                            test_fraction=test_fraction)
     for split in plan:
         os.makedirs(os.path.join(output_dir, split), exist_ok=True)
     jobs = [job for split_jobs in plan.values() for job in split_jobs]
     reused = sum(os.path.exists(job["path"]) for job in jobs)
-    results = _run_jobs(jobs, num_workers or os.cpu_count() or 1)
+    results = run_jobs(jobs, num_workers or os.cpu_count() or 1)
     splits, failures = {}, []
     for split, split_jobs in plan.items():
         rows = []
@@ -359,13 +278,14 @@ def synthesize_corpus(output_dir: str, num_utterances: int, *, seed: int = 0, en
             else:
                 rows.append({**job, "duration": duration})
         write_metadata(os.path.join(output_dir, split), rows)
-        splits[split] = {"utterances": len(rows), "hours": sum(r["duration"] for r in rows) / 3600}
+        splits[split] = {"utterances": len(rows), "hours": sum(r["duration"] for r in rows) / 3600,
+                         "engines": dict(sorted(Counter(r["engine"] for r in rows).items()))}
     return {"output_dir": output_dir, "seed": seed, "engines": engines, "splits": splits, "jobs": len(jobs),
             "synthesized": len(jobs) - reused - len(failures), "reused": reused, "failures": failures,
             "wall_s": time.time() - start_time}
 
 
-def _run_jobs(jobs: list[dict], num_workers: int) -> dict[str, tuple[float | None, str]]:
+def run_jobs(jobs: list[dict], num_workers: int) -> dict[str, tuple[float | None, str]]:
     """file name -> (duration or None, error message), synthesized by a pool of `num_workers` processes."""
     results = {}
     with multiprocessing.Pool(max(1, num_workers)) as pool:
