@@ -14,7 +14,7 @@ from transformers import AutoProcessor
 
 from hf_dynasr.data import load_speech_dataset
 from hf_dynasr.evaluation import evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown
-from hf_dynasr.evaluation import reproduction
+from hf_dynasr.evaluation import reproduction, sets
 from hf_dynasr.json_io import write_json
 from hf_dynasr.lm import load_lm_decoder
 
@@ -24,6 +24,8 @@ EVALUATE_USAGE = """Evaluate every size of an hf_dynasr checkpoint: WER, CER, pa
     python scripts/evaluate_model.py --checkpoint ckpt --audio_dir data/synth/test --subnets small,full
     python scripts/evaluate_model.py --checkpoint ckpt --latency-table          # writes ckpt/latency_table.json
     python scripts/evaluate_model.py --checkpoint ckpt --data audiofolder:data/synth --lm lm   # + LM beam search WER
+    python scripts/evaluate_model.py --checkpoint ckpt --data audiofolder:data/demo_corpus \
+        audiofolder:data/demo_heldout/heldout_engine audiofolder:data/demo_heldout/telephone   # a column per set
 
 Writes OUTPUT_DIR/results.json, results.md (a markdown table) and pareto.png (WER vs params and vs FLOPs;
 --baselines JSON adds individually trained models: {name: {num_parameters, flops, wer}}).
@@ -35,7 +37,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=EVALUATE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="supernet or per-size checkpoint (directory or Hub id)")
     p.add_argument("--subnets", default="all", help="'all' (every size + full) or a comma list, e.g. small,full")
-    p.add_argument("--data", help="dataset spec for hf_dynasr.data.load_speech_dataset, e.g. audiofolder:data/synth")
+    p.add_argument("--data", nargs="+", help="dataset spec(s) for hf_dynasr.data.load_speech_dataset, e.g. "
+                   "audiofolder:data/synth; several: one CER/WER table with a column per set (results_sets.*)")
     p.add_argument("--audio_dir", help="an audiofolder directory (audio + metadata.csv); alternative to --data")
     p.add_argument("--split", default="test", help="split / subdirectory to evaluate (default: test)")
     p.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N utterances")
@@ -79,15 +82,32 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         except (ImportError, OSError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    dataset = load_speech_dataset(args.data if args.data else f"audiofolder:{args.audio_dir}", split=args.split)
-    results = evaluate_checkpoint(
-        args.checkpoint, dataset, subnets=args.subnets, batch_size=args.batch_size,
-        normalize=not args.no_normalize, latency=args.latency_runs > 0, latency_runs=args.latency_runs,
-        num_threads=args.num_threads, dataset_name=args.data or args.audio_dir, split=args.split,
-        max_samples=args.max_samples, decoder=decoder,
-    )
-    _write_results(args, results, decoder)
+    def evaluate(spec: str, first: bool = True) -> dict:
+        return evaluate_checkpoint(
+            args.checkpoint, load_speech_dataset(spec, split=args.split), subnets=args.subnets,
+            batch_size=args.batch_size, normalize=not args.no_normalize, latency=first and args.latency_runs > 0,
+            latency_runs=args.latency_runs, num_threads=args.num_threads, dataset_name=spec, split=args.split,
+            max_samples=args.max_samples, decoder=decoder)
+
+    specs = args.data or [f"audiofolder:{args.audio_dir}"]
+    if len(specs) > 1:
+        _write_sets(args, sets.evaluate_sets(evaluate, specs))
+        return 0
+    _write_results(args, evaluate(specs[0]), decoder)
     return 0
+
+
+def _write_sets(args, results: dict) -> None:
+    """results_sets.json and results_sets.md (CER and WER, a column per set) in --output_dir; also to stdout."""
+    out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "results_sets.json"), results)
+    table = sets.sets_markdown(results, "cer") + "\n" + sets.sets_markdown(results, "wer")
+    with open(os.path.join(out, "results_sets.md.tmp"), "w", encoding="utf-8") as f:
+        f.write(table)
+    os.replace(os.path.join(out, "results_sets.md.tmp"), os.path.join(out, "results_sets.md"))
+    print(table)
+    print(f"wrote {os.path.join(out, 'results_sets.json')}, results_sets.md")
 
 
 def _print_latency_table(args) -> None:

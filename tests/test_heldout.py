@@ -1,0 +1,56 @@
+"""Held-out test sets (hf_dynasr.data.heldout) and the evaluation table with a column per set
+(evaluate_model.py --data A B C): the held-out engine speaks the test split's sentences with an engine the
+training split lacks, the telephone copy has no energy above 4 kHz, and one table reports every set."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import corpus_subset
+from tiny_supernet import supernet  # noqa: F401  (a fixture)
+
+from hf_dynasr.data.heldout import make_heldout_sets, read_metadata
+from hf_dynasr.evaluation.cli import evaluate_main
+
+
+@pytest.fixture(scope="module")
+def corpus(smoke_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout") / "corpus"
+    root.mkdir()
+    return corpus_subset(smoke_corpus, root, {"train": 4, "dev": 1, "test": 3})
+
+
+@pytest.mark.skipif(shutil.which("text2wave") is None, reason="needs apt-get install -y festival festvox-kallpc16k")
+def test_heldout_engine_and_telephone_sets(corpus, tmp_path):
+    out = tmp_path / "heldout"
+    counts = make_heldout_sets(str(corpus), str(out), engine="festival", num_workers=1)
+    assert counts == {"heldout_engine": 3, "telephone": 3}
+    test = read_metadata(str(corpus / "test"))
+    engine, phone = read_metadata(str(out / "heldout_engine" / "test")), read_metadata(str(out / "telephone" / "test"))
+    assert [r["transcription"] for r in engine] == [r["transcription"] for r in phone] == \
+        [r["transcription"] for r in test]
+    assert {r["engine"] for r in engine} == {"festival"}
+    for row in phone:
+        audio, sr = sf.read(str(out / "telephone" / "test" / row["file_name"]), dtype="float32")
+        power = np.abs(np.fft.rfft(audio.astype(np.float64))) ** 2
+        assert sr == 16000 and power[np.fft.rfftfreq(audio.size, 1 / sr) > 4000].sum() < 1e-4 * power.sum()
+    with pytest.raises(ValueError, match="no training utterance uses"):
+        make_heldout_sets(str(corpus), str(tmp_path / "x"), engine="espeak")
+
+
+def test_evaluate_reports_a_column_per_set(supernet, corpus, tmp_path):  # noqa: F811
+    path, _ = supernet
+    spec = f"audiofolder:{corpus}"
+    other = tmp_path / "other"
+    shutil.copytree(corpus / "test", other / "test")
+    assert evaluate_main(["--checkpoint", str(path), "--data", spec, f"audiofolder:{other}", "--latency_runs", "0",
+                          "--output_dir", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "results_sets.json").read_text())
+    assert list(results["sets"]) == ["corpus", "other"]
+    first, second = (results["sets"][k]["sizes"] for k in ("corpus", "other"))
+    assert set(first) == {"small", "mid", "full"} and all(first[k]["cer"] == second[k]["cer"] for k in first)
+    table = (tmp_path / "eval" / "results_sets.md").read_text()
+    assert "| size | corpus CER % | other CER % | other / corpus |" in table
+    assert f"| full | {100 * first['full']['cer']:.1f} | {100 * second['full']['cer']:.1f} | 1.00x |" in table
