@@ -103,7 +103,9 @@ def assert_moments(model, opt, before_params, before_state, report, old_config):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(rho=0.0), "rho"), (dict(rho=1.5), "rho"), (dict(events=[0.0]), "events"),
     (dict(events=[1.2]), "events"), (dict(unit_kinds=("ffn", "attn")), "allowed: ffn, mhsa, conv, cgmlp"),
-    (dict(score="obd"), "allowed: taylor, grad, weight"), (dict(init="random"), "allowed: copy, function_preserving"),
+    (dict(score="obd"), "allowed: taylor, grad, weight"), 
+    (dict(init="random"), "allowed: copy, function_preserving, random_split"),
+    (dict(copy_state="zero"), "allowed: parent, fresh"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -322,3 +324,58 @@ def test_budget_property(seed, rho, kinds):
     assert_consistent(model)
     with torch.no_grad():
         assert torch.isfinite(model(batch()[0]).logits).all()
+
+
+# --- symmetry breaking ------------------------------------------------------------------------------------
+def grown_gap(steps=3, **cfg):
+    """Max |copy - parent| over the incoming rows (linear_in) of a grown FFN chunk after `steps` training steps
+    with every dropout off (tiny_config)."""
+    model, opt, sched = setup(seed=2)
+    dmao = DMAO(model, DMAOConfig(update_every=1, rho=0.05, **cfg), TOTAL)
+    train(model, opt, sched, dmao, steps=2)
+    state = dmao.state_dict()
+    names = {c.name: c.id for c in dmao.index}
+    state["scores"][names["b1.ffn1.c0"]] = 100.0  # grown first
+    dmao.load_state_dict(state)
+    report = dmao.reshape(model, opt)
+    assert "b1.ffn1.c0" in report["grown"]
+    srcs = report["sources"]["b1.ffn1"]
+    copy_pos = next(j for j, s in enumerate(srcs) if s == "b1.ffn1.c0" and srcs.index(s) < j)
+    train(model, opt, sched, dmao, steps=steps, start=2)
+    width = model.config.ffn_chunk_size
+    weight = model.dynasr.layers[1].ffn1.linear_in.weight.detach()
+    parent, child = (weight[p * width:(p + 1) * width] for p in (srcs.index("b1.ffn1.c0"), copy_pos))
+    return float((child - parent).abs().max())
+
+
+def test_exact_copies_stay_clones_without_dropout():
+    """The paper's init (exact copies, parent moments): with no dropout the copy keeps its parent's weights."""
+    assert grown_gap(steps=0) == 0.0  # the copy starts as its parent
+    assert grown_gap() < 1e-6
+
+
+@pytest.mark.parametrize("cfg", [dict(init="random_split"), dict(copy_state="fresh"), dict(noise_std=1e-3)])
+def test_symmetry_breaking_copies_diverge_without_dropout(cfg):
+    """Each symmetry-breaking option makes a grown unit's weights differ from its parent's after a few steps
+    with all dropout off (the incoming rows of "random_split" and "fresh" copies start equal to the parent's)."""
+    assert grown_gap(**cfg) > 1e-4, cfg
+
+
+def test_random_split_shares_sum_to_the_parent():
+    """random_split: a grown FFN chunk's outgoing columns (parent + copy) add up to the parent's before growth."""
+    model, opt, sched = setup(seed=3)
+    dmao = DMAO(model, DMAOConfig(update_every=1, rho=0.05, init="random_split"), TOTAL)
+    train(model, opt, sched, dmao, steps=1)
+    state = dmao.state_dict()
+    state["scores"][next(c.id for c in dmao.index if c.name == "b0.ffn2.c1")] = 100.0
+    dmao.load_state_dict(state)
+    width = model.config.ffn_chunk_size
+    old = model.dynasr.layers[0].ffn2.linear_out.weight.detach()[:, width:2 * width].clone()
+    report = dmao.reshape(model, opt)
+    srcs = report["sources"]["b0.ffn2"]
+    copy_pos = next(j for j, s in enumerate(srcs) if s == "b0.ffn2.c1" and srcs.index(s) < j)
+    new = model.dynasr.layers[0].ffn2.linear_out.weight.detach()
+    parent, child = new[:, srcs.index("b0.ffn2.c1") * width:][:, :width], new[:, copy_pos * width:][:, :width]
+    torch.testing.assert_close(parent + child, old)
+    share = parent / old
+    assert share.min() > 1 / 4 - 1e-6 and share.max() < 3 / 4 + 1e-6 and share.std() > 0.01

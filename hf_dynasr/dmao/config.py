@@ -9,7 +9,9 @@ from hf_dynasr.models.dynasr.configuration_dynasr import check_choice
 from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
 
 SCORES = ("taylor", "grad", "weight")
-INITS = ("copy", "function_preserving")
+INITS = ("copy", "function_preserving", "random_split")
+#: optimizer state of a grown copy: its parent's moments ("parent") or zero moments ("fresh")
+COPY_STATES = ("parent", "fresh")
 #: unit kinds, one per module type (FFN1 and FFN2 share "ffn"); a kind the block type lacks has no units
 UNIT_KINDS = tuple(dict.fromkeys(module_class.dmao_kind for module_class in MODULE_CLASSES.values()))
 
@@ -20,11 +22,20 @@ class DMAOConfig:
 
     events: reallocation points as fractions of the total training steps, each in (0, 1).
     rho: replaced fraction of the budget per event, in (0, 1).
-    beta: EMA weight of the old score: `s <- beta*s + (1-beta)*s_new` (paper 0.1).
+    beta: EMA weight of the old score: `s <- beta*s + (1-beta)*s_new` (paper 0.1, sec. 2.2).
     score: "taylor" (|grad * weight|, paper default), "grad" (|grad|) or "weight" (|weight|).
-    update_every: steps between score updates (paper 1000).
-    init: growth init, "copy" (paper) or "function_preserving".
-    noise_std: std of Gaussian noise added to grown copies (paper default 0).
+    update_every: steps between score updates. Departure from the default rule above: 10, not the paper's
+        1000, because the runs this project trains on a CPU are 1,000 to a few thousand updates long, where a
+        score every 1,000 steps would be one or two measurements; the paper recipes set 1000.
+    init: growth init. "copy" (paper): exact copies; with all dropout off a copy and its parent then get
+        identical gradients and updates and stay clones forever. "function_preserving" (Net2Net, Chen et al.
+        2016): the outgoing weights split equally between parent and copies; output unchanged, but still
+        symmetric. "random_split": the outgoing weights split between parent and copies in random shares
+        (each in [0.5, 1.5] before normalising to sum 1, per outgoing weight): output unchanged and the
+        copies' incoming gradients differ from the parent's, so they diverge (not in the paper).
+    noise_std: std of Gaussian noise added to grown copies' weights (paper default 0); also breaks the symmetry.
+    copy_state: optimizer state of a grown copy: "parent" (its parent's AdamW moments) or "fresh" (zero
+        moments; kept units keep theirs). The paper's handling is not visible in its code.
     unit_kinds: kinds of units that may be dropped or grown, from ("ffn", "mhsa", "conv", "cgmlp").
     seed: seed of the growth noise (same on every rank, so all ranks build the same weights).
     """
@@ -36,6 +47,7 @@ class DMAOConfig:
     update_every: int = 10
     init: str = "copy"
     noise_std: float = 0.0
+    copy_state: str = "parent"
     unit_kinds: tuple = UNIT_KINDS
     seed: int = 0
 
@@ -53,6 +65,7 @@ class DMAOConfig:
             raise ValueError(f"beta must be in [0, 1]; got {self.beta!r}")
         check_choice("score", self.score, SCORES)
         check_choice("init", self.init, INITS)
+        check_choice("copy_state", self.copy_state, COPY_STATES)
         for kind in self.unit_kinds:
             check_choice("unit_kinds entry", kind, UNIT_KINDS)
         if not self.unit_kinds:

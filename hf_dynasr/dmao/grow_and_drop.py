@@ -32,6 +32,9 @@ Departs from paper 3 (each on purpose):
 - `init="function_preserving"` (Net2Net-style, not in the paper) splits the outgoing weights of a parent
   and its copies equally, so the output is unchanged at the moment of growth. With `init="copy"` (paper)
   the parent's contribution doubles.
+- `init="random_split"` splits them in random shares instead, and `copy_state="fresh"` gives copies zero
+  AdamW moments: with exact copies (the paper) and no dropout between them a copy gets its parent's
+  gradients and updates and never diverges; either option breaks that symmetry (`DMAOConfig`).
 - The optimizer state is carried over (the paper's handling is unknown): see `DMAO.reshape`.
 - `rho` applies per event (the paper's multi-event ablation splits one fraction evenly: pass rho / n).
 - `unit_kinds` restricts which units move; B is then the cost of those units only.
@@ -203,7 +206,7 @@ class DMAO:
         new_spec = self._new_spec(sources)
         swaps = self._rebuild(model, sources, step)
         if optimizer is not None:
-            transfer_optimizer_state(optimizer, swaps)
+            transfer_optimizer_state(optimizer, swaps, self.cfg.copy_state)
         self._apply_spec(model, new_spec, sources)
         order = [c.id for b in range(len(new_spec)) for m in MODULE_NAMES for c in sources.get((b, m), [])]
         self._scores, self._seen = self._scores[order].clone(), self._seen[order].clone()

@@ -2,8 +2,8 @@
 state.
 
 `rebuild_module` builds a module holding chosen units of an old one (kept units, then copies, with the
-"copy" or "function_preserving" init and optional growth noise); `transfer_optimizer_state` swaps the new
-parameters into the optimizer and slices their state like the weights; `refresh_component_index` and
+"copy", "function_preserving" or "random_split" init and optional growth noise); `transfer_optimizer_state`
+swaps the new parameters into the optimizer and slices their state like the weights; `refresh_component_index` and
 `remap_subnets` bring the model's component index and its subnet masks in line with the new spec.
 """
 
@@ -26,7 +26,9 @@ def rebuild_module(old: nn.Module, name: str, comps: list[Component], old_size: 
                    init: str = "copy", noise_std: float = 0.0, gen: torch.Generator | None = None):
     """A new module holding the units `comps` of `old` (repeats = copies, after the kept units), or None.
 
-    Returns (new module, [(old param, new param or None, (dim, indices) or None)])."""
+    Returns (new module, [(old param, new param or None, (dim, indices, copy indices or None) or None)]): the
+    indices select the new parameter's slices from the old one, the copy indices are the new positions that
+    belong to grown copies (for the "fresh" optimizer state of `DMAOConfig.copy_state`)."""
     if not comps:
         return None, [(p, None, None) for p in old.parameters()]
     device = next(old.parameters()).device  # the indices live with the weights they select from
@@ -37,7 +39,7 @@ def rebuild_module(old: nn.Module, name: str, comps: list[Component], old_size: 
     state, slices = {}, {}
     for pname, param in old.named_parameters():
         entry = plan.get(pname)
-        slices[pname] = None if entry is None else entry[:2]
+        slices[pname] = None if entry is None else (*entry[:2], copy_plan.get(pname))
         state[pname] = _slice_param(param.detach(), entry, init, noise_std, copy_plan.get(pname), gen)
     with torch.device("meta"):
         new = MODULE_CLASSES[name](config, new_size)
@@ -72,11 +74,9 @@ def _slice_param(tensor, entry, init, noise_std, copy_idx, gen) -> torch.Tensor:
     dim, idx, outgoing = entry
     idx = idx.to(tensor.device)
     out = tensor.index_select(dim, idx)
-    if outgoing and init == "function_preserving":  # split the parent's output among its copies
-        counts = torch.bincount(idx, minlength=tensor.shape[dim]).to(out.dtype)
-        shape = [1] * out.dim()
-        shape[dim] = -1
-        out = out / counts[idx].view(shape)
+    if outgoing and init in ("function_preserving", "random_split"):  # split the parent's output among its copies
+        out = out * _split_shares(idx, tensor.shape[dim], init, gen).to(out.device, out.dtype).view(
+            [-1 if d == dim else 1 for d in range(out.dim())])
     if noise_std > 0 and copy_idx is not None:
         shape = list(out.shape)
         shape[dim] = copy_idx.numel()
@@ -85,14 +85,28 @@ def _slice_param(tensor, entry, init, noise_std, copy_idx, gen) -> torch.Tensor:
     return out
 
 
+def _split_shares(idx: torch.Tensor, old_width: int, init: str, gen) -> torch.Tensor:
+    """Per new outgoing position, its share of the old position it copies; the shares of one old position sum to
+    1, so the module's output is unchanged. "function_preserving": equal shares (Net2Net); "random_split": random
+    shares (uniform in [0.5, 1.5] before normalising), so a copy's incoming gradient differs from its parent's and
+    the two diverge even without dropout (drawn on the CPU generator: the same on every rank)."""
+    idx = idx.cpu()
+    if init == "function_preserving":
+        weights = torch.ones(idx.numel())
+    else:
+        weights = 0.5 + torch.rand(idx.numel(), generator=gen, device="cpu")
+    sums = torch.zeros(old_width).index_add_(0, idx, weights)
+    return weights / sums[idx]
+
+
 # --- optimizer and model bookkeeping -----------------------------------------------------------------------
-def transfer_optimizer_state(optimizer, swaps) -> None:
+def transfer_optimizer_state(optimizer, swaps, copy_state: str = "parent") -> None:
     """Swap new parameters into the param groups in place and carry their state over.
 
     Every state tensor shaped like the old parameter (AdamW exp_avg / exp_avg_sq, SGD momentum) is sliced
-    exactly like the weight: kept units keep their moments, copies get their parent's; other entries (the
-    `step` count) are cloned. Parameters of removed modules leave the groups and the state. The group
-    dicts stay the same objects, so an LR scheduler continues unchanged."""
+    exactly like the weight: kept units keep their moments, copies get their parent's (`copy_state="parent"`)
+    or zeros (`"fresh"`); other entries (the `step` count) are cloned. Parameters of removed modules leave the
+    groups and the state. The group dicts stay the same objects, so an LR scheduler continues unchanged."""
     opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps a torch one
     by_id = {id(old): (old, new, sl) for old, new, sl in swaps}
     for group in opt.param_groups:
@@ -102,7 +116,7 @@ def transfer_optimizer_state(optimizer, swaps) -> None:
             if new is not param:
                 state = opt.state.pop(old, None)
                 if new is not None and state:
-                    opt.state[new] = {k: _slice_state(v, old, sl) for k, v in state.items()}
+                    opt.state[new] = {k: _slice_state(v, old, sl, copy_state) for k, v in state.items()}
             if new is not None:
                 params.append(new)
                 keep.append(pos)
@@ -111,13 +125,16 @@ def transfer_optimizer_state(optimizer, swaps) -> None:
         group["params"][:] = params
 
 
-def _slice_state(value, param, sl):
+def _slice_state(value, param, sl, copy_state: str = "parent"):
     if not torch.is_tensor(value):
         return copy.deepcopy(value)
     if sl is None or value.shape != param.shape:
         return value.clone()
-    dim, idx = sl
-    return value.index_select(dim, idx.to(value.device))
+    dim, idx, copies = sl
+    out = value.index_select(dim, idx.to(value.device))
+    if copy_state == "fresh" and copies is not None:
+        out.index_fill_(dim, copies.to(out.device), 0.0)
+    return out
 
 
 def refresh_component_index(model) -> None:
