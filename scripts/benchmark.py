@@ -62,7 +62,9 @@ def parakeet_twin(cfg: dict, frontend_channels: int = 64):
 
 
 def suite_encoder(repeats: int) -> dict:
-    """Forward on 10 s of features at batch 1 and 8: ours (both frontends) vs ParakeetForCTC."""
+    """Forward on 10 s of features at batch 1 and 8: ours (both frontends, relative-position attention like
+    Parakeet's) vs ParakeetForCTC; `dynasr_conv2d4x_nopos` is ours without positions in attention (the earlier,
+    unequal comparison, kept as a labelled row)."""
     out = {}
     for name, cfg in CONFIGS.items():
         rows = {}
@@ -70,6 +72,9 @@ def suite_encoder(repeats: int) -> dict:
             "dynasr_conv2d4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="conv2d4x", frontend_channels=64,
                                                          hidden_dropout=0, activation_dropout=0,
                                                          attention_dropout=0)).eval(),
+            "dynasr_conv2d4x_nopos": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="conv2d4x", frontend_channels=64,
+                                                               position_encoding="none", hidden_dropout=0,
+                                                               activation_dropout=0, attention_dropout=0)).eval(),
             "dynasr_vgg4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="vgg4x", hidden_dropout=0,
                                                       activation_dropout=0, attention_dropout=0)).eval(),
             "parakeet": parakeet_twin(cfg),
@@ -84,8 +89,9 @@ def suite_encoder(repeats: int) -> dict:
         for label, model in models.items():
             rows[f"{label}_params"] = sum(p.numel() for p in model.parameters())
         for batch in (1, 8):
-            rows[f"ratio_conv2d4x_vs_parakeet_b{batch}"] = round(
-                rows[f"dynasr_conv2d4x_b{batch}_ms"] / rows[f"parakeet_b{batch}_ms"], 3)
+            for ours in ("conv2d4x", "conv2d4x_nopos"):
+                rows[f"ratio_{ours}_vs_parakeet_b{batch}"] = round(
+                    rows[f"dynasr_{ours}_b{batch}_ms"] / rows[f"parakeet_b{batch}_ms"], 3)
         out[name] = rows
         print(name, json.dumps(rows), flush=True)
     return out
