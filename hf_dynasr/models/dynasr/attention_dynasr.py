@@ -47,10 +47,13 @@ def relative_positions(time: int, hidden_size: int, like: torch.Tensor) -> torch
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
     """[B, H, T, 2T - 1] scores against distances T - 1 .. -(T - 1) -> [B, H, T, T] with entry (i, j) the score of
-    distance i - j (Dai et al. 2019, appendix B: pad one column, fold, drop the first row)."""
-    batch, heads, time, positions = scores.shape
-    scores = F.pad(scores, (1, 0)).view(batch, heads, positions + 1, time)
-    return scores[:, :, 1:].view(batch, heads, time, positions)[..., :time]
+    distance i - j, which sits in column T - 1 - i + j. Gathered by index rather than Transformer-XL's pad-and-fold
+    views (Dai et al. 2019, appendix B; same numbers): the views put shape guards on T that torch.export cannot
+    solve for a dynamic time axis."""
+    batch, heads, time, _ = scores.shape
+    steps = torch.arange(time, device=scores.device)
+    index = (time - 1) - steps[:, None] + steps[None, :]  # [T, T]
+    return scores.gather(-1, index.expand(batch, heads, time, time))
 
 
 class DynaSRSelfAttention(GatedModule):
