@@ -22,7 +22,7 @@ class DMAOConfig:
 
     events: reallocation points as fractions of the total training steps, each in (0, 1).
     rho: replaced fraction of the budget per event, in (0, 1).
-    beta: EMA weight of the old score: `s <- beta*s + (1-beta)*s_new` (paper 0.1, sec. 2.2).
+    beta: EMA weight of the old score: `s <- beta*s + (1-beta)*s_new` (paper 0.1).
     score: "taylor" (|grad * weight|, paper default), "grad" (|grad|) or "weight" (|weight|).
     update_every: steps between score updates. Departure from the default rule above: 10, not the paper's
         1000, because the runs this project trains on a CPU are 1,000 to a few thousand updates long, where a
