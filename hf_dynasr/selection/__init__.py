@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from hf_dynasr.selection.base import CRITERIA, DEFAULT_STAGE1_FRACTION, SubnetSelector
 from hf_dynasr.selection.iterative_zero_out import IterativeZeroOutSelector
-from hf_dynasr.selection.options import FIXED, LOSS_WEIGHTS, SelectionConfig
+from hf_dynasr.selection.options import FIXED, LOSS_WEIGHTS, STAGE1_SUBNETS, SelectionConfig
 from hf_dynasr.selection.ortho_softmax import OrthoSoftmaxSelector, orthogonality_penalty
 from hf_dynasr.selection.registry import METHODS, build_selector
 from hf_dynasr.selection.simple_top_k import SimpleTopKSelector, soft_top_k
@@ -37,6 +37,7 @@ __all__ = [
     "METHODS",
     "IterativeZeroOutSelector",
     "OrthoSoftmaxSelector",
+    "STAGE1_SUBNETS",
     "SelectionConfig",
     "SimpleTopKSelector",
     "SubnetSelector",

@@ -29,6 +29,11 @@ FIXED = "fixed"
 #: weight of each subnet's CTC loss next to the whole network's (weight 1): "paper1" = 0.3 (paper 1,
 #: arXiv:2407.18930), "focal" = 1 - exp(-L), not detached (paper 2, arXiv:2501.18895)
 LOSS_WEIGHTS = ("paper1", "focal")
+#: which size stage 1 trains beside the whole network: "random" = a size drawn uniformly each step (paper 2
+#: and its published configs), "annealed" = always the smallest, the one subnet whose gates the selector anneals
+#: toward the smallest budget (paper 1's stage 1 in its published code: Simple-Top-k's k(t), Iterative-Zero-Out's
+#: zeroed modules)
+STAGE1_SUBNETS = ("random", "annealed")
 
 
 @dataclass
@@ -44,6 +49,19 @@ class SelectionConfig:
     layerdrop_stage1: LayerDrop rate on the whole network's path in stage 1 (components the selector's
         smallest size currently drops), in [0, 1).
     layerdrop_stage2: the same in stage 2 (components the smallest size's frozen mask drops), in [0, 1).
+    stage1_subnet: the size stage 1 trains beside the whole network: "random" (paper 2) or "annealed" (paper 1:
+        the single subnet that the selector anneals toward the smallest size, trained with the smallest
+        size's CTC head).
+    distillation_weight: in-place distillation (once-for-all, Cai et al. 2020; BigNAS, Yu et al. 2020; not in
+        the papers): in stage 2 each subnet also learns the whole network's frame posteriors of the same step
+        (detached), `weight * mean over frames of KL(p_whole || p_subnet)`, added to its weighted CTC loss. 0 =
+        off (the papers); >= 0.
+    paper_rest_share: the never-pruned share (frontend, output layer) of the cost in the paper a recipe's size
+        fractions come from, or None (fractions used as given). With it each fraction p is re-derived so the
+        size keeps the same share of the prunable cost as in the paper: `r + (1 - r) (p - r_p) / (1 - r_p)`,
+        with r_p this value and r this model's rest share. Paper 2's FLOPs units (its published configs): rest
+        110 of 400 on TED-LIUM (0.275), 110 of 620 on LibriSpeech (0.177); this model's FLOPs count its
+        frontend lighter, so the paper's fractions would keep 16-26 % more FLOPs. In [0, 1).
     method_options: the method's own options (keys of the selector class's `DEFAULTS`); in YAML they sit
         next to the fields above.
     """
@@ -54,13 +72,25 @@ class SelectionConfig:
     loss_weight: str = "paper1"
     layerdrop_stage1: float = 0.0
     layerdrop_stage2: float = 0.1
+    stage1_subnet: str = "random"
+    distillation_weight: float = 0.0
+    paper_rest_share: float | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         _choice("method", self.method, (*METHODS, FIXED))
         _choice("criterion", self.criterion, CRITERIA)
         _choice("loss_weight", self.loss_weight, LOSS_WEIGHTS)
+        _choice("stage1_subnet", self.stage1_subnet, STAGE1_SUBNETS)
         check_stage1_fraction(self.stage1_fraction)
+        weight = self.distillation_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < float("inf"):
+            raise ValueError(f"selection.distillation_weight must be a number >= 0 (0 = off); got {weight!r}")
+        share = self.paper_rest_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not 0.0 <= share < 1.0):
+            raise ValueError(f"selection.paper_rest_share must be None or in [0, 1) (e.g. 0.177 for paper 2's "
+                             f"LibriSpeech FLOPs); got {share!r}")
         for name in ("layerdrop_stage1", "layerdrop_stage2"):
             rate = getattr(self, name)
             if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:

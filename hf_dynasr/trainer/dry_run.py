@@ -176,7 +176,8 @@ def _update(run: Run, loop: TrainingLoop, batch: dict, step: int) -> UpdateRepor
     if run.selector is not None and step < run.stage1_steps:
         with torch.no_grad():
             run.selector.end_of_step(step)  # the selector's own per-update work (its schedule, zero-out)
-    nets = [name.removeprefix("loss/") for name in losses if name != "loss/regularizer"]
+    nets = [name.removeprefix("loss/") for name in losses
+            if name.startswith("loss/") and name != "loss/regularizer"]
     return UpdateReport(step, stage, nets, losses, int(counter.flops), seconds)
 
 

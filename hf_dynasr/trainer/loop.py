@@ -205,7 +205,7 @@ class TrainingLoop:
     def forward(self, batch) -> tuple[torch.Tensor, dict]:
         run, step = self.run, self.state.step
         runs = plan_step(step, run.size_names, stage1_steps=run.stage1_steps, seed=run.args.seed,
-                         selector=run.selector)
+                         selector=run.selector, stage1_subnet=run.selection.stage1_subnet)
         self.state.nets = ",".join(r.subnet for r in runs)
         self.state.choices.update(step, [r.subnet for r in runs])
         if self.anomaly is not None:

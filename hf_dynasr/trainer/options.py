@@ -26,7 +26,7 @@ TRAJECTORY_OPTIONS = (
     "train_data", "train_split", "min_duration_s", "max_duration_s", "data_pipeline", "precompute_max_hours",
     "streaming_shuffle_buffer", "model", "init_from", "subnets", "selection", "dmao", "max_steps",
     "max_batch_seconds", "sortagrad", "learning_rate", "weight_decay", "adam_epsilon", "adam_beta2",
-    "lr_scheduler", "warmup_fraction", "decay_fraction", "max_grad_norm", "gradient_accumulation_steps",
+    "lr_scheduler", "warmup_fraction", "decay_fraction", "lr_floor", "max_grad_norm", "gradient_accumulation_steps",
     "mixed_precision", "spec_augment", "augmentation", "seed")
 
 #: Allowed ranges of the numeric options, checked at parse time: option -> (lowest, highest, inclusive low).
@@ -40,7 +40,7 @@ RANGES = {
     "max_batch_seconds": (0, None, False), "min_duration_s": (0, None, True), "max_duration_s": (0, None, False),
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "adam_epsilon": (0, None, False),
     "adam_beta2": (0, 1, False), "warmup_fraction": (0, 1, True), "decay_fraction": (0, 1, True),
-    "max_grad_norm": (0, None, True),
+    "max_grad_norm": (0, None, True), "lr_floor": (0, 1, False),
 }
 
 
@@ -95,6 +95,10 @@ class TrainArgs:
     warmup_fraction: float = field(default=0.45, metadata={"help": "Fraction of steps of the LR warm-up."})
     decay_fraction: float = field(default=0.45, metadata={"help": "one_cycle / warmup_stable_decay: fraction of "
                                                                  "steps of the decay."})
+    lr_floor: float = field(default=0.01, metadata={"help": "one_cycle: the LR at the start of the warm-up and at "
+                                                        "the end of the decay, as a fraction of the peak, before the "
+                                                        "final ramp to 1e-8: 0.01 (papers 1 and 3 on LibriSpeech) or "
+                                                        "0.1 (the published TED-LIUM configs of papers 2 and 3)."})
     max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping (0 = off)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer update."})
     mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 (GPU) | bf16; default: what "

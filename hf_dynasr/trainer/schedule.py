@@ -2,7 +2,8 @@
 
 The authors' published training configs of papers 1-3 (arXiv:2407.18930, 2501.18895, 2506.13180): linear
 from peak/100 to the peak over the first ~45 % of training, linearly back down to peak/100 over the next
-~45 %, then linearly to 1e-8 over the last ~10 %. Fractions (not step counts) let a short CPU run and a
+~45 % (peak/10 in the TED-LIUM configs of papers 2 and 3: `floor_factor`), then linearly to 1e-8 over the
+last ~10 %. Fractions (not step counts) let a short CPU run and a
 30-epoch LibriSpeech run share the config keys.
 """
 
@@ -33,14 +34,16 @@ def one_cycle_lambda(total_steps: int, warmup_fraction: float = 0.45, decay_frac
 
 
 def build_scheduler(optimizer, name: str, total_steps: int, warmup_fraction: float = 0.45,
-                    decay_fraction: float = 0.45):
+                    decay_fraction: float = 0.45, floor_factor: float = 0.01):
     """"one_cycle" (the papers') or any `transformers.get_scheduler` name ("linear", "cosine", ...).
+    `floor_factor`: one_cycle's start and end-of-decay LR as a fraction of the peak (`--lr_floor`).
 
     "warmup_stable_decay" (transformers' WSD) holds the peak between the warm-up and a linear decay over the
     last `decay_fraction` of the steps: in a minutes-long CPU run the one-cycle's long ramps spend most
     updates far below the peak (demo_cpu.yaml)."""
     if name == "one_cycle":
-        return LambdaLR(optimizer, one_cycle_lambda(total_steps, warmup_fraction, decay_fraction))
+        return LambdaLR(optimizer, one_cycle_lambda(total_steps, warmup_fraction, decay_fraction,
+                                                    start_factor=floor_factor, end_factor=floor_factor))
     warmup = round(total_steps * warmup_fraction)
     extra = None
     if name == "warmup_stable_decay":

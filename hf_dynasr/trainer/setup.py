@@ -163,8 +163,8 @@ def build_model(args: TrainArgs, tokenizer, resume_dir: str | None, criterion: s
     if len(tokenizer) != model.config.vocab_size:
         raise SystemExit(f"error: the tokenizer has {len(tokenizer)} labels but the model's vocab_size is "
                          f"{model.config.vocab_size}")
-    sizes, criterion = size_fractions(args.subnets, model.component_costs(), criterion) if args.subnets \
-        else ({}, criterion)
+    sizes, criterion = size_fractions(args.subnets, model.component_costs(), criterion,
+                                      args.selection_config().paper_rest_share) if args.subnets else ({}, criterion)
     for name, fraction in sizes.items():
         if name not in model.config.subnets:
             model.add_subnet(name, components=None, criterion=criterion, target=fraction)
@@ -181,7 +181,8 @@ def prepare(run: Run) -> None:
         lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon, betas=(0.9, args.adam_beta2),
         fused=run.accelerator.device.type in ("cpu", "cuda"))
     scheduler = build_scheduler(optimizer, args.lr_scheduler, args.max_steps,
-                                warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction)
+                                warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction,
+                                floor_factor=args.lr_floor)
     if run.data.prepared_by_accelerate:
         run.model, run.optimizer, run.data.loader, run.scheduler = run.accelerator.prepare(
             run.model, optimizer, run.data.loader, scheduler)

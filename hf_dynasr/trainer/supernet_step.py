@@ -2,10 +2,13 @@
 
 Two-stage training of papers 1 (arXiv:2407.18930) and 2 (arXiv:2501.18895). Stage 1 (the first
 `stage1_fraction` of steps): the whole network plus one soft-gated subnet, its size drawn from the step and
-the seed (so every process draws the same). At the boundary the selector's masks are frozen into
+the seed (so every process draws the same; paper 2), or always the smallest, the selector's annealed subnet
+(`stage1_subnet="annealed"`, paper 1). At the boundary the selector's masks are frozen into
 `config.subnets` (`freeze_masks`). Stage 2 (sandwich rule): the whole network, the smallest subnet and, with
 more than two subnets, one random middle size, each with its binary mask and its own CTC head. LayerDrop on
-the whole network's path drops, per sequence, exactly the components the smallest subnet drops.
+the whole network's path drops, per sequence, exactly the components the smallest subnet drops. With
+`distillation_weight > 0` (in-place distillation, not in the papers) the stage-2 subnets also learn the whole
+network's detached frame posteriors of the same step (`distillation_loss`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from hf_dynasr.models.dynasr import FULL
 from hf_dynasr.models.dynasr.frontend_dynasr import frame_mask, subsampled_lengths
@@ -45,13 +49,15 @@ def step_rng(seed: int, step: int) -> random.Random:
     return random.Random(step_seed(seed, step))
 
 
-def plan_step(step: int, sizes: list[str], *, stage1_steps: int, seed: int, selector=None) -> list[NetRun]:
-    """Nets to run at `step`. `sizes` are ordered smallest first; the whole network always runs first."""
+def plan_step(step: int, sizes: list[str], *, stage1_steps: int, seed: int, selector=None,
+              stage1_subnet: str = "random") -> list[NetRun]:
+    """Nets to run at `step`. `sizes` are ordered smallest first; the whole network always runs first. Stage 1
+    trains one soft-gated size: drawn at random ("random", paper 2) or the smallest ("annealed", paper 1)."""
     if not sizes:
         return [NetRun(FULL)]
     rng = step_rng(seed, step)
     if selector is not None and step < stage1_steps:
-        name = sizes[rng.randrange(len(sizes))]
+        name = sizes[0] if stage1_subnet == "annealed" else sizes[rng.randrange(len(sizes))]
         return [NetRun(FULL), NetRun(name, selector.gates(name, step), soft=True)]
     runs = [NetRun(FULL), NetRun(sizes[0])]
     if len(sizes) == 2:
@@ -89,7 +95,7 @@ def supernet_loss(model, unwrapped, batch, runs: list[NetRun], step: int, *, siz
     for logging (`loss/full`, `loss/<size>`, `loss/regularizer`). `model` may be DDP-wrapped, `unwrapped` is
     the bare model; `sizes` are the size names, smallest first."""
     generator = torch.Generator(device="cpu").manual_seed(step_seed(seed, step))  # LayerDrop: a function of the step
-    total, losses = 0.0, {}
+    total, losses, teacher = 0.0, {}, None
     stage1 = any(run.soft for run in runs)
     drop_rate = selection.layerdrop_stage1 if stage1 else selection.layerdrop_stage2
     for i, run in enumerate(runs):
@@ -107,11 +113,29 @@ def supernet_loss(model, unwrapped, batch, runs: list[NetRun], step: int, *, siz
         weight = 1.0 if run.subnet == FULL else subnet_loss_weight(out.loss, selection.loss_weight)
         total = total + weight * out.loss
         losses[f"loss/{run.subnet}"] = float(out.loss.detach())
+        if selection.distillation_weight > 0 and not stage1:
+            if run.subnet == FULL:
+                teacher = out.logits.detach()
+            elif teacher is not None:
+                distill = distillation_loss(out.logits, teacher, embeds_mask)
+                total = total + selection.distillation_weight * distill
+                losses[f"distill/{run.subnet}"] = float(distill.detach())
         if run.soft:
             reg = selector.regularizer(run.subnet, step)
             total = total + reg
             losses["loss/regularizer"] = float(reg.detach())
     return total + anchor_unused_heads(unwrapped, {r.subnet for r in runs}), losses
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """In-place distillation (once-for-all, Cai et al. 2020; BigNAS, Yu et al. 2020): the mean over valid frames
+    ([B, T] bool `frames`) of KL(p_teacher || p_student) between the frame posteriors over the CTC labels (blank
+    included). The teacher's logits are detached here too, so its network gets no gradient from this term."""
+    teacher = F.log_softmax(teacher_logits.detach().float(), dim=-1)
+    student = F.log_softmax(student_logits.float(), dim=-1)
+    per_frame = (teacher.exp() * (teacher - student)).sum(-1)  # [B, T]
+    frames = frames.to(per_frame.dtype)
+    return (per_frame * frames).sum() / frames.sum().clamp_min(1.0)
 
 
 def shared_frontend(out, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,10 +168,21 @@ def freeze_masks(unwrapped, selector, sizes: dict[str, float], criterion: str) -
                     f"{entry['num_parameters']:,}", f"{entry['flops']:,}")
 
 
-def size_fractions(subnets: dict, costs, default_criterion: str) -> tuple[dict[str, float], str]:
+def rederive_fraction(fraction: float, paper_rest_share: float, rest_share: float) -> float:
+    """A paper's size fraction re-derived for this model: the fraction that keeps the same share of the prunable
+    cost, `r + (1 - r) (p - r_p) / (1 - r_p)` (see `SelectionConfig.paper_rest_share`)."""
+    if fraction <= paper_rest_share:
+        raise ValueError(f"size fraction {fraction:g} is not above the paper's never-pruned share "
+                         f"{paper_rest_share:g} (selection.paper_rest_share); give the paper's fraction of the whole")
+    return rest_share + (1.0 - rest_share) * (fraction - paper_rest_share) / (1.0 - paper_rest_share)
+
+
+def size_fractions(subnets: dict, costs, default_criterion: str,
+                   paper_rest_share: float | None = None) -> tuple[dict[str, float], str]:
     """User sizes -> fractions of the criterion's total, smallest first.
 
-    Each entry is a number (a fraction if <= 1, else an absolute target) or {target|fraction, criterion}."""
+    Each entry is a number (a fraction if <= 1, else an absolute target) or {target|fraction, criterion}. With
+    `paper_rest_share`, fractions (not absolute targets) are a paper's and are re-derived (`rederive_fraction`)."""
     fractions, criteria = {}, set()
     for name, entry in subnets.items():
         entry = entry if isinstance(entry, dict) else {"target": entry}
@@ -159,6 +194,9 @@ def size_fractions(subnets: dict, costs, default_criterion: str) -> tuple[dict[s
         _, total = costs.of(criterion)
         value = float(entry.get("fraction", entry.get("target", math.nan)))
         fraction = value if value <= 1 else value / total
+        if paper_rest_share is not None and value <= 1:
+            component_costs, _ = costs.of(criterion)
+            fraction = rederive_fraction(value, paper_rest_share, 1.0 - sum(component_costs) / total)
         if not 0 < fraction < 1:
             raise ValueError(
                 f"subnets.{name}: target {value:g} is {fraction:.3f} of the whole network's {criterion} "

@@ -21,6 +21,9 @@ FRONTEND_TYPES = ("vgg4x", "conv2d4x")
 GRANULARITIES = ("module", "component")
 CONV_GRANULARITIES = ("module", "chunk")
 POSITION_ENCODINGS = ("relative", "none")
+#: order of the two middle modules of a Conformer block: MHSA then Conv (i6 ConformerBlockV1, papers 1 and 2 on
+#: LibriSpeech) or Conv then MHSA (the authors' published paper-1 TED-LIUM and paper-3 LibriSpeech configs)
+BLOCK_ORDERS = ("mhsa_conv", "conv_mhsa")
 #: criteria a named subnet may record: a cost criterion, or "manual" (components picked by hand)
 SUBNET_CRITERIA = (*COST_CRITERIA, "manual")
 _SUBNET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -43,6 +46,10 @@ class DynaSRConfig(PretrainedConfig):
         block_type (`str`, defaults to `"conformer"`): `"conformer"` (FFN1, MHSA, Conv, FFN2) or `"ebranchformer"`
             (E-Branchformer, Kim et al. 2022: FFN1, then MHSA and cgMLP in parallel merged by a depthwise conv and
             Linear(2d, d), then FFN2; paper 3's TED-LIUM model). The block type fixes the spec keys.
+        block_order (`str`, defaults to `"mhsa_conv"`): Conformer blocks only: `"mhsa_conv"` (FFN1, MHSA, Conv, FFN2;
+            the i6 ConformerBlockV1 order of papers 1 and 2 on LibriSpeech) or `"conv_mhsa"` (FFN1, Conv, MHSA, FFN2;
+            the authors' published configs of paper 1 on TED-LIUM and paper 3 on LibriSpeech). Only the order of
+            computation changes: the component index and the weights' names stay the same.
         frontend_type (`str`, defaults to `"vgg4x"`): `"vgg4x"` (the papers' VGG 4-layer frontend, 4x time
             subsampling) or `"conv2d4x"` (two strided convs, the second depthwise-separable; much cheaper
             on CPU). Both give `frames // 4` output frames.
@@ -117,6 +124,7 @@ class DynaSRConfig(PretrainedConfig):
     conv_channels: int | None = None
     conv_kernel_size: int = 31
     block_type: str = "conformer"
+    block_order: str = "mhsa_conv"
     cgmlp_intermediate_size: int | None = None
     cgmlp_chunk_size: int | None = None
     frontend_type: str = "vgg4x"
@@ -202,6 +210,7 @@ class DynaSRConfig(PretrainedConfig):
         """Check every field and their combinations (spec, chunk sizes, subnets); raise ValueError naming the
         field. Runs at construction; call it again after changing fields in place."""
         check_choice("block_type", self.block_type, BLOCK_TYPES)
+        check_choice("block_order", self.block_order, BLOCK_ORDERS)
         check_choice("frontend_type", self.frontend_type, FRONTEND_TYPES)
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("conv_granularity", self.conv_granularity, CONV_GRANULARITIES)

@@ -20,8 +20,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from .components_dynasr import ComponentIndex, component_params
 from .modules_dynasr import MODULE_CLASSES, ModuleRoute
 
-#: The costs a size target can be measured in (paper 2's parameter-aware and FLOPs-aware selection).
-COST_CRITERIA = ("params", "flops")
+#: The costs a size target can be measured in: paper 2's parameter-aware and FLOPs-aware selection, and "count",
+#: the number of components (every component costs 1, the rest 0): paper 1's sizes of 16 / 32 / 48 of the 48
+#: modules at `granularity="module"` (arXiv:2407.18930 and its published configs).
+COST_CRITERIA = ("params", "flops", "count")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,9 @@ class ComponentCosts:
         return self.total_flops - sum(self.flops)
 
     def of(self, criterion: str) -> tuple[tuple[int, ...], int]:
-        """(per-component costs, total) for criterion "params" or "flops"."""
+        """(per-component costs, total) for criterion "params", "flops" or "count" (1 per component, no rest)."""
+        if criterion == "count":
+            return (1,) * len(self.params), len(self.params)
         if criterion == "params":
             return self.params, self.total_params
         if criterion == "flops":

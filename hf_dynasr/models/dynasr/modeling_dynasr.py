@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 class DynaSREncoderBlock(GradientCheckpointingLayer):
-    """One Conformer block: x += 0.5 FFN1(x); x += MHSA(x); x += Conv(x); x += 0.5 FFN2(x); LN(x).
+    """One Conformer block: x += 0.5 FFN1(x); x += MHSA(x); x += Conv(x); x += 0.5 FFN2(x); LN(x) (MHSA and Conv
+    swapped with `config.block_order="conv_mhsa"`).
     A module of size 0 in the architecture spec is absent (`None`) and skipped.
 
     With `model.gradient_checkpointing_enable()` its activations are recomputed in the backward pass
@@ -48,9 +49,12 @@ class DynaSREncoderBlock(GradientCheckpointingLayer):
             size = block_spec[name]
             setattr(self, name, MODULE_CLASSES[name](config, size) if size > 0 else None)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # `config.block_order`: the modules' order of computation (the component index keeps FFN1, MHSA, Conv, FFN2)
+        conv_first = config.block_order == "conv_mhsa"
+        self.order = ("ffn1", "conv", "mhsa", "ffn2") if conv_first else module_names("conformer")
 
     def forward(self, hidden_states, attention_mask, routes: dict[str, ModuleRoute]):  # [B, T, d], [B, T]
-        for name in module_names("conformer"):
+        for name in self.order:
             out = apply_module(getattr(self, name), hidden_states, attention_mask, routes[name])
             if out is not None:
                 hidden_states = hidden_states + RESIDUAL_SCALE[name] * out

@@ -1,0 +1,178 @@
+"""The papers' settings as options (issue: the papers as published): sizes by module count, paper 1's stage-1 rule,
+re-derived FLOPs budgets, block order, the schedule floor, and the paper recipes using the paper values."""
+
+import os
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, make_model
+
+from hf_dynasr.selection import SelectionConfig, build_selector
+from hf_dynasr.trainer.schedule import one_cycle_lambda
+from hf_dynasr.trainer.supernet_step import plan_step, rederive_fraction, size_fractions
+
+CONFIGS = os.path.join(REPO, "training", "configs")
+
+
+@pytest.fixture(scope="module")
+def module_supernet():
+    """A tiny module-wise supernet (3 blocks = 12 modules) and its costs, measured once."""
+    model = make_model(granularity="module")
+    return model, model.component_costs()
+
+
+# --- sizes by module count (paper 1) --------------------------------------------------------------------------
+def test_count_criterion_gives_paper_1_module_counts(module_supernet):
+    model, costs = module_supernet
+    per_module, total = costs.of("count")
+    assert per_module == (1,) * 12 and total == 12
+    sizes, criterion = size_fractions({"small": {"target": 4, "criterion": "count"},
+                                       "medium": {"target": 8, "criterion": "count"}}, costs, "params")
+    assert criterion == "count" and sizes == {"small": 4 / 12, "medium": 8 / 12}
+    for method in ("simple_top_k", "iterative_zero_out"):
+        selector = build_selector(method, costs, sizes, criterion="count", total_steps=20,
+                                  index=model.component_index)
+        scores = torch.linspace(1.0, 0.0, 12)[torch.randperm(12, generator=torch.Generator().manual_seed(1))]
+        with torch.no_grad():
+            selector.scores.copy_(scores)
+        masks = selector.final_masks()
+        assert [len(masks["small"]), len(masks["medium"])] == [4, 8]  # exactly 4 and 8 modules
+        assert set(masks["small"]) <= set(masks["medium"])  # nested
+        assert masks["small"] == sorted(torch.argsort(scores, descending=True)[:4].tolist())
+        if method == "simple_top_k":
+            assert selector.k_min == 4  # the smallest size's module count
+    entry = model.add_subnet("small", components=masks["small"], criterion="count", target=4 / 12)
+    assert entry["criterion"] == "count" and len(model.config.subnets["small"]["components"]) == 4
+
+
+def test_simple_top_k_anneals_k_by_r(module_supernet):
+    """k(t) = max(N - r - floor(t / T_iter) r, k_min) with r = anneal_step (paper 1: r = 4 on TED with 3 sizes)."""
+    model, costs = module_supernet
+    selector = build_selector("simple_top_k", costs, {"small": 4 / 12}, criterion="count", total_steps=10,
+                              stage1_fraction=1.0, anneal_step=4, index=model.component_index)
+    ks = []
+    for step in range(10):
+        ks.append(int(selector.k))
+        selector.end_of_step(step)
+    assert ks[0] == 8 and ks[-1] == 4 and set(ks) == {8, 4}  # 12 - 4, then k_min; steps of r = 4
+
+
+# --- paper 1's stage-1 rule --------------------------------------------------------------------------------
+class _Gates:
+    def gates(self, name, step):
+        return torch.ones(3)
+
+
+@pytest.mark.parametrize("rule, expect", [("annealed", {"small"}), ("random", {"small", "mid", "large"})])
+def test_stage1_subnet_rule(rule, expect):
+    """"annealed" (paper 1): stage 1 always trains the smallest size (the selector's annealed subnet) beside the
+    whole network; "random" (paper 2) draws a size each step. Stage 2 is the sandwich rule either way."""
+    sizes = ["small", "mid", "large"]
+    picked = {plan_step(step, sizes, stage1_steps=50, seed=0, selector=_Gates(), stage1_subnet=rule)[1].subnet
+              for step in range(50)}
+    assert picked == expect
+    stage2 = plan_step(60, sizes, stage1_steps=50, seed=0, selector=_Gates(), stage1_subnet=rule)
+    assert [r.subnet for r in stage2][:2] == ["full", "small"] and not any(r.soft for r in stage2)
+
+
+def test_stage1_subnet_is_validated():
+    with pytest.raises(ValueError, match="stage1_subnet 'first'.*allowed: random, annealed"):
+        SelectionConfig(stage1_subnet="first")
+
+
+# --- paper-compatible FLOPs budgets (paper 2) -------------------------------------------------------------
+def test_paper_fractions_rederived_keep_the_papers_prunable_share(module_supernet):
+    _, costs = module_supernet
+    per, total = costs.of("flops")
+    rest = 1 - sum(per) / total
+    # paper 2 LibriSpeech: rest 110 of 620; its 0.45 size keeps (0.45 - 0.177) / 0.823 of the prunable FLOPs
+    kept = (0.45 - 0.177) / (1 - 0.177)
+    fraction = rederive_fraction(0.45, 0.177, rest)
+    assert fraction == pytest.approx(rest + (1 - rest) * kept)
+    assert (fraction - rest) / (1 - rest) == pytest.approx(kept)
+    assert rederive_fraction(1.0, 0.3, rest) == pytest.approx(1.0)
+    sizes, _ = size_fractions({"small": {"fraction": 0.45, "criterion": "flops"}}, costs, "flops",
+                              paper_rest_share=0.177)
+    assert sizes["small"] == pytest.approx(fraction)
+    # an absolute target is not a paper fraction: kept as given
+    absolute, _ = size_fractions({"small": {"target": total // 2, "criterion": "flops"}}, costs, "flops",
+                                 paper_rest_share=0.177)
+    assert absolute["small"] == pytest.approx((total // 2) / total)
+    with pytest.raises(ValueError, match="not above the paper's never-pruned share 0.3"):
+        rederive_fraction(0.25, 0.3, rest)
+    with pytest.raises(ValueError, match="paper_rest_share must be None or in"):
+        SelectionConfig(paper_rest_share=1.2)
+
+
+# --- block order ---------------------------------------------------------------------------------------------
+def test_block_order_conv_first(features):
+    """"conv_mhsa" computes Conv before MHSA with the same weights and names (the component index is unchanged);
+    a masked subnet still equals its extracted model."""
+    x, mask = features
+    plain, swapped = make_model(), make_model(block_order="conv_mhsa")
+    assert plain.state_dict().keys() == swapped.state_dict().keys()
+    swapped.load_state_dict(plain.state_dict())
+    assert [c.name for c in plain.component_index] == [c.name for c in swapped.component_index]
+    with torch.no_grad():
+        a, b = plain(x, attention_mask=mask).logits, swapped(x, attention_mask=mask).logits
+    assert (a - b).abs().max() > 1e-3
+    calls = []
+    layer = swapped.dynasr.layers[0]
+    for name in ("mhsa", "conv"):
+        getattr(layer, name).register_forward_hook(lambda *_, n=name: calls.append(n))
+    with torch.no_grad():
+        swapped(x, attention_mask=mask)
+    assert calls == ["conv", "mhsa"]
+    n = len(swapped.component_index)
+    swapped.add_subnet("small", components=list(range(0, n, 2)))
+    with torch.no_grad():
+        torch.testing.assert_close(swapped.extract_subnet("small").eval()(x, attention_mask=mask).logits,
+                                   swapped(x, attention_mask=mask, subnet="small").logits, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="block_order='conv_first'.*allowed: mhsa_conv, conv_mhsa"):
+        make_model(block_order="conv_first")
+
+
+# --- schedule floor ----------------------------------------------------------------------------------------
+def test_one_cycle_floor():
+    """The LR falls back to the floor (peak/100, or peak/10 on TED-LIUM in papers 2 and 3) before the final ramp."""
+    for floor in (0.01, 0.1):
+        factor = one_cycle_lambda(100, 0.45, 0.45, start_factor=floor, end_factor=floor)
+        assert factor(0) == pytest.approx(floor) and factor(45) == pytest.approx(1.0)
+        assert factor(90) == pytest.approx(floor) and factor(99) < floor
+
+
+# --- the paper recipes use the paper values ---------------------------------------------------------------
+def _recipe(name):
+    with open(os.path.join(CONFIGS, name)) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.mark.parametrize("name, selection, model, top", [
+    ("tedlium2.yaml", {"orth_norm": "L2_sqrt", "paper_rest_share": 0.275, "tau0": 1.0}, {}, {"lr_floor": 0.1}),
+    ("librispeech_960h.yaml", {"orth_norm": "L2_sqrt", "paper_rest_share": 0.177, "tau0": 2.0}, {}, {}),
+    ("tedlium2_simple_top_k.yaml", {"criterion": "count", "stage1_subnet": "annealed", "anneal_step": 4,
+                                    "layerdrop_stage2": 0.4, "loss_weight": "paper1"},
+     {"block_order": "conv_mhsa", "granularity": "module"}, {}),
+    ("librispeech_960h_simple_top_k.yaml", {"criterion": "count", "stage1_subnet": "annealed", "anneal_step": 1,
+                                            "straight_through": True, "loss_weight": "paper1"},
+     {"granularity": "module", "hidden_size": 512}, {"lr_floor": 0.01}),
+    ("librispeech_960h_iterative_zero_out.yaml", {"method": "iterative_zero_out", "criterion": "count",
+                                                  "stage1_subnet": "annealed", "num_iterations": 16,
+                                                  "stage1_fraction": 0.6},
+     {"granularity": "module", "hidden_size": 512}, {}),
+])
+def test_paper_recipes_use_the_paper_values(name, selection, model, top):
+    recipe = _recipe(name)
+    config = SelectionConfig.from_dict(recipe["selection"])  # parses: every option known and in range
+    values = {**vars(config), **config.method_options}
+    assert {k: values[k] for k in selection} == selection
+    assert {k: recipe["model"][k] for k in model} == model
+    assert {k: recipe[k] for k in top} == top
+    if config.criterion == "count":
+        assert [recipe["subnets"][s]["target"] for s in ("small", "medium")] == [16, 32]  # of 48 modules
+
+
+def test_dmao_recipe_uses_conv_before_mhsa():
+    recipe = _recipe("librispeech_960h_dmao.yaml")
+    assert recipe["model"]["block_order"] == "conv_mhsa" and recipe["dmao"]["update_every"] == 1000
