@@ -3,11 +3,16 @@ claims (speed divides the duration by its factor, the telephone channel removes 
 lands at the requested SNR, silence is low-level noise, not zeros), the result is a function of the seed and the
 utterance's place in the data stream (so resumed streams match), and evaluation data is never augmented."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from conftest import train_in_process
+from safetensors.torch import load_file
 from test_training import SMOKE
 
 from hf_dynasr.data import load_audio, load_speech_dataset, prepare_dataset
@@ -205,3 +210,20 @@ def test_training_data_is_augmented_and_evaluation_data_is_not(smoke_corpus, tmp
     assert len(got) == len(expected) == 3
     for i in range(3):
         assert np.array_equal(got[i]["input_features"], expected[i]["input_features"])
+
+
+def test_augmented_training_resumes_bitwise(smoke_corpus, tmp_path):
+    """A run with augmentation in a DataLoader worker, resumed from its step-3 checkpoint, ends with the
+    uninterrupted run's weights bit for bit (the worker perturbs each utterance by seed, epoch and index)."""
+    common = ["--config", SMOKE, "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data",
+              f"audiofolder:{smoke_corpus}", "--max_steps", 6, "--save_steps", 3, "--save_total_limit", 3,
+              "--dataloader_num_workers", 1, "--max_eval_utterances", 2, "--augmentation",
+              '{"speed_prob": 0.5, "noise_prob": 0.5, "silence_prob": 0.5, "telephone_prob": 0.5}']
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train_in_process([*common, "--output_dir", whole])
+    shutil.copytree(whole / "checkpoints" / "step_3", part / "checkpoints" / "step_3")
+    shutil.copy(whole / "training_args.json", part / "training_args.json")
+    train_in_process([*common, "--output_dir", part, "--resume_from_checkpoint", "latest"])
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (whole, part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((whole / "data_report.json").read_text())["train_workers"]["pipeline"] == "on_the_fly"
