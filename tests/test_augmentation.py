@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -36,6 +37,7 @@ from hf_dynasr.data.streaming import (
     StreamingSpeechBatches,
     index_corpus,
     is_placeholder,
+    prepare_rows,
 )
 from hf_dynasr.trainer.data import build_data
 from hf_dynasr.trainer.options import parse_args
@@ -227,3 +229,16 @@ def test_augmented_training_resumes_bitwise(smoke_corpus, tmp_path):
     a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (whole, part))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((whole / "data_report.json").read_text())["train_workers"]["pipeline"] == "on_the_fly"
+
+
+def test_rows_that_do_not_decode_are_counted_not_augmented(speech_clips, options, tmp_path):
+    """In an augmented batch a NaN file and a missing file keep their drop reasons; the good row is perturbed."""
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    good = str(speech_clips["hello world"])
+    rows = [(str(nan), "a bad row"), (str(tmp_path / "missing.flac"), "gone"), (good, "hello world")]
+    items = prepare_rows(rows, options, Augmenter(ALL_ON, seed=0), [(0, 0), (0, 1), (0, 2)])
+    assert [item.get("dropped", ("",))[0] for item in items] == ["non_finite_audio", "missing_audio", ""]
+    plain = prepare_rows(rows[2:], options)[0]
+    assert items[2]["labels"] == plain["labels"]
+    assert not np.array_equal(items[2]["input_features"], plain["input_features"])
