@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_dynasr import ComponentIndex, DynaSRConfig, DynaSRForCTC
+from hf_dynasr.dmao import DMAO, DMAOConfig, architecture_table, unit_config
 from hf_dynasr.models.dynasr.components_dynasr import component_params
 from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
-from hf_dynasr.dmao import DMAO, DMAOConfig, architecture_table, unit_config
 
 TOTAL = 100
 
@@ -379,3 +379,44 @@ def test_random_split_shares_sum_to_the_parent():
     torch.testing.assert_close(parent + child, old)
     share = parent / old
     assert share.min() > 1 / 4 - 1e-6 and share.max() < 3 / 4 + 1e-6 and share.std() > 0.01
+
+
+def test_adjust_dropout_scales_with_module_size_and_survives_a_resume(tmp_path):
+    """adjust_dropout (paper 3's TED-LIUM config): an FFN / MHSA module's dropout is the config's rate times its
+    size over the nominal size after an event; a model saved after the event and given a new DMAO (a resume)
+    gets the same rates; without the option the rates stay the config's."""
+    rates = {"hidden_dropout": 0.1, "activation_dropout": 0.2, "attention_dropout": 0.1}
+    model, opt, sched = setup(seed=4, **rates)
+    dmao = DMAO(model, DMAOConfig(update_every=1, rho=0.1, adjust_dropout=True), TOTAL)
+    train(model, opt, sched, dmao, steps=1)
+    state = dmao.state_dict()
+    names = {c.name: c.id for c in dmao.index}
+    state["scores"] = torch.ones(len(dmao.index))
+    state["scores"][names["b2.ffn1.c0"]] = 100.0  # grown
+    for c in ("b0.ffn2.c0", "b0.ffn2.c1", "b1.mhsa.h0"):
+        state["scores"][names[c]] = 0.0  # dropped
+    dmao.load_state_dict(state)
+    dmao.reshape(model, opt)
+    spec = model.config.architecture_spec
+    assert spec[2]["ffn1"] > 128 and spec[0]["ffn2"] < 128 and spec[1]["mhsa"] == 3
+
+    def rates_of(m):
+        layers = m.dynasr.layers
+        return (layers[2].ffn1.dropout.p, layers[2].ffn1.activation_dropout.p, layers[0].ffn2.activation_dropout.p,
+                layers[1].mhsa.attention_dropout, layers[0].mhsa.dropout.p)
+
+    got = rates_of(model)
+    expect = (0.1 * spec[2]["ffn1"] / 128, 0.2 * spec[2]["ffn1"] / 128, 0.2 * spec[0]["ffn2"] / 128, 0.1 * 3 / 4,
+              0.1 * spec[0]["mhsa"] / 4)
+    assert got == pytest.approx(expect)
+    model.save_pretrained(tmp_path / "after")
+    resumed = DynaSRForCTC.from_pretrained(tmp_path / "after").train()
+    assert rates_of(resumed) != pytest.approx(expect)  # the config alone gives the nominal rates
+    DMAO(resumed, DMAOConfig(update_every=1, rho=0.1, adjust_dropout=True), TOTAL)
+    assert rates_of(resumed) == pytest.approx(expect)
+    plain, opt2, sched2 = setup(seed=4, **rates)
+    other = DMAO(plain, DMAOConfig(update_every=1, rho=0.1), TOTAL)
+    train(plain, opt2, sched2, other, steps=1)
+    other.load_state_dict(state)
+    other.reshape(plain, opt2)
+    assert rates_of(plain) == pytest.approx((0.1, 0.2, 0.2, 0.1, 0.1))

@@ -8,6 +8,8 @@ import torch
 import yaml
 from conftest import REPO, make_model
 
+from hf_dynasr import DynaSRConfig, DynaSRForCTC
+from hf_dynasr.dmao import DMAOConfig
 from hf_dynasr.selection import SelectionConfig, build_selector
 from hf_dynasr.trainer.schedule import one_cycle_lambda
 from hf_dynasr.trainer.supernet_step import plan_step, rederive_fraction, size_fractions
@@ -176,3 +178,16 @@ def test_paper_recipes_use_the_paper_values(name, selection, model, top):
 def test_dmao_recipe_uses_conv_before_mhsa():
     recipe = _recipe("librispeech_960h_dmao.yaml")
     assert recipe["model"]["block_order"] == "conv_mhsa" and recipe["dmao"]["update_every"] == 1000
+
+
+def test_ebranchformer_dmao_recipe_builds_the_papers_model():
+    """Paper 3's TED-LIUM recipe: a 12-block E-Branchformer d=512 of about 100M parameters, one event at 20 % with
+    rho 0.2 and adjust_dropout, the LR falling to peak/10."""
+    recipe = _recipe("tedlium2_ebranchformer_dmao.yaml")
+    config = DynaSRConfig(**recipe["model"])
+    with torch.device("meta"):
+        params = sum(p.numel() for p in DynaSRForCTC(config).parameters())
+    assert config.block_type == "ebranchformer" and 95e6 < params < 110e6
+    dmao = DMAOConfig(**recipe["dmao"])
+    assert (dmao.events, dmao.rho, dmao.adjust_dropout, dmao.init) == ([0.2], 0.2, True, "copy")
+    assert recipe["lr_floor"] == 0.1 and recipe["learning_rate"] == 5.0e-4

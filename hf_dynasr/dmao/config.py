@@ -36,6 +36,9 @@ class DMAOConfig:
     noise_std: std of Gaussian noise added to grown copies' weights (paper default 0); also breaks the symmetry.
     copy_state: optimizer state of a grown copy: "parent" (its parent's AdamW moments) or "fresh" (zero
         moments; kept units keep theirs). The paper's handling is not visible in its code.
+    adjust_dropout: paper 3's "adjust_dropout" (True in its published TED-LIUM E-Branchformer config): the
+        dropout of each FFN and self-attention module scaled by its size over the nominal size
+        (`hf_dynasr.dmao.reshape.adjust_dropout`). Default False (the paper's LibriSpeech configs).
     unit_kinds: kinds of units that may be dropped or grown, from ("ffn", "mhsa", "conv", "cgmlp").
     seed: seed of the growth noise (same on every rank, so all ranks build the same weights).
     """
@@ -48,6 +51,7 @@ class DMAOConfig:
     init: str = "copy"
     noise_std: float = 0.0
     copy_state: str = "parent"
+    adjust_dropout: bool = False
     unit_kinds: tuple = UNIT_KINDS
     seed: int = 0
 
@@ -70,6 +74,8 @@ class DMAOConfig:
             check_choice("unit_kinds entry", kind, UNIT_KINDS)
         if not self.unit_kinds:
             raise ValueError(f"unit_kinds is empty; choose from {', '.join(UNIT_KINDS)}")
+        if not isinstance(self.adjust_dropout, bool):
+            raise ValueError(f"adjust_dropout must be true or false; got {self.adjust_dropout!r}")
         if not isinstance(self.update_every, int) or self.update_every < 1:
             raise ValueError(f"update_every must be a positive integer; got {self.update_every!r}")
         if float(self.noise_std) < 0:

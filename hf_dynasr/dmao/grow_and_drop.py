@@ -41,8 +41,8 @@ Departs from paper 3 (each on purpose):
 - cgMLP units (E-Branchformer) are scored on their value rows of the first linear layer (the paper does not
   say which slice; this mirrors the conv chunk's value rows of pointwise-conv1). Each module class names
   its unit's slice (`importance_slice`) and its unit kind (`dmao_kind`).
-- Not implemented: the paper's "adjust_dropout" (dropout scaled by module size), OBD scores, random init
-  of grown units.
+- The paper's "adjust_dropout" is an option (`DMAOConfig.adjust_dropout`), off by default.
+- Not implemented: OBD scores, random init of grown units.
 
 Call `observe` on steps whose gradients are complete (the sync step of gradient accumulation) and, with an
 fp16 GradScaler, after unscaling (e.g. after `accelerator.clip_grad_norm_`); bf16/fp32 need nothing.
@@ -65,7 +65,7 @@ from torch import nn
 
 from hf_dynasr.dmao.config import DMAOConfig
 from hf_dynasr.dmao.report import architecture_table
-from hf_dynasr.dmao.reshape import rebuild_module, remap_subnets, transfer_optimizer_state
+from hf_dynasr.dmao.reshape import adjust_dropout, rebuild_module, remap_subnets, transfer_optimizer_state
 from hf_dynasr.models.dynasr.components_dynasr import MODULE_NAMES, Component, ComponentIndex, component_params
 from hf_dynasr.models.dynasr.modules_dynasr import MODULE_CLASSES
 
@@ -118,6 +118,8 @@ class DMAO:
         # them as Python numbers, and `reduce_scores` moves them to the accelerator only for the all-reduce
         self._scores = torch.zeros(len(self.index), device="cpu")
         self._seen = torch.zeros(len(self.index), dtype=torch.bool, device="cpu")
+        if cfg.adjust_dropout:  # a model resumed after an event gets its reshaped modules' rates back
+            adjust_dropout(_unwrap(model))
 
     def _track(self, config) -> None:
         self._spec = _spec_copy(config.architecture_spec)
@@ -208,6 +210,8 @@ class DMAO:
         if optimizer is not None:
             transfer_optimizer_state(optimizer, swaps, self.cfg.copy_state)
         self._apply_spec(model, new_spec, sources)
+        if self.cfg.adjust_dropout:
+            adjust_dropout(model)
         order = [c.id for b in range(len(new_spec)) for m in MODULE_NAMES for c in sources.get((b, m), [])]
         self._scores, self._seen = self._scores[order].clone(), self._seen[order].clone()
         self.events_done += 1

@@ -137,6 +137,29 @@ def _slice_state(value, param, sl, copy_state: str = "parent"):
     return out
 
 
+#: the highest dropout rate `adjust_dropout` sets (a module grown to many times its nominal size)
+MAX_ADJUSTED_DROPOUT = 0.9
+
+
+def adjust_dropout(model) -> None:
+    """Paper 3's "adjust_dropout" (its published TED-LIUM E-Branchformer config): every dropout of each FFN and
+    self-attention module is the config's rate times the module's size over its nominal size (capped at
+    `MAX_ADJUSTED_DROPOUT`), so a grown module is regularised more and a shrunken one less. The rates follow from
+    the config and the architecture spec only, so a resumed run sets the same ones again."""
+    config = model.config
+    for layer, block in zip(model.dynasr.layers, config.architecture_spec):
+        for name in ("ffn1", "mhsa", "ffn2"):
+            module = getattr(layer, name, None)
+            if module is None:
+                continue
+            factor = block[name] / MODULE_CLASSES[name].nominal_size(config)
+            module.dropout.p = min(config.hidden_dropout * factor, MAX_ADJUSTED_DROPOUT)
+            if name == "mhsa":
+                module.attention_dropout = min(config.attention_dropout * factor, MAX_ADJUSTED_DROPOUT)
+            else:
+                module.activation_dropout.p = min(config.activation_dropout * factor, MAX_ADJUSTED_DROPOUT)
+
+
 def refresh_component_index(model) -> None:
     """Rebuild what the model derives from its spec (component index, route and cost caches); the same as
     `model.refresh_component_index()`, kept as part of the `hf_dynasr.dmao` API."""
