@@ -56,10 +56,11 @@ class DynaSRConv2dFrontend(nn.Module):
 
     Needs no masking: output frame i of a kernel-3, stride-2 conv reads input frames 2i-1..2i+1, so the
     `L // 2` valid outputs of an utterance of `L` frames read only its own frames (or the zero pad left of
-    frame 0), never the batch padding on the right. The output is cut to `T // 4` frames (floor, like the VGG
-    pools): output frame i reads input frames up to 4i + 3, so the cut frames feed none it keeps. Cutting the
-    output rather than the input gives the same numbers and keeps a sliced, non-contiguous input away from the
-    convs, which under torch.export would pin the time axis to multiples of 4. Masking and
+    frame 0), never the batch padding on the right. The input is cut to a multiple of 4 frames (those cut
+    frames feed no valid output either), so both convs halve exactly, with floor like the VGG pools. The cut is an
+    `index_select` (a contiguous copy), not a slice: a sliced, non-contiguous input makes the conv's contiguity
+    check pin torch.export's time axis to multiples of 4, and cutting the output instead gives the time axis a
+    `Min(...)` size that the ONNX exporter cannot reshape. Masking and
     an explicit left pad (`F.pad`) are left out on purpose: their backward copies the whole [B, C, T/2, F/2]
     activation, a large share of this frontend's cost. Padded output frames hold garbage; the encoder masks them."""
 
@@ -74,9 +75,11 @@ class DynaSRConv2dFrontend(nn.Module):
         self.linear = nn.Linear(channels * freq, config.hidden_size)
 
     def forward(self, input_features, lengths):  # [B, T, F], [B]
-        x = F.relu(self.conv1(input_features[:, None]))  # [B, C, ceil(T / 2), F/2]
-        x = F.relu(self.pointwise(self.depthwise(x)))  # [B, C, ceil(T / 4), F/4]
-        x = x.transpose(1, 2)[:, :input_features.shape[1] // 4].flatten(2)  # [B, T', C * F/4]
+        frames = torch.arange(input_features.shape[1] // 4 * 4, device=input_features.device)
+        x = input_features.index_select(1, frames)[:, None]  # [B, 1, 4 T', F]
+        x = F.relu(self.conv1(x))  # [B, C, 2 T', F/2]
+        x = F.relu(self.pointwise(self.depthwise(x)))  # [B, C, T', F/4]
+        x = x.transpose(1, 2).flatten(2)  # [B, T', C * F/4]
         return self.linear(x), subsampled_lengths(lengths)
 
 
