@@ -191,3 +191,34 @@ def test_ebranchformer_dmao_recipe_builds_the_papers_model():
     dmao = DMAOConfig(**recipe["dmao"])
     assert (dmao.events, dmao.rho, dmao.adjust_dropout, dmao.init) == ([0.2], 0.2, True, "copy")
     assert recipe["lr_floor"] == 0.1 and recipe["learning_rate"] == 5.0e-4
+
+
+# --- the one-unit conv LayerNorm -----------------------------------------------------------------------------
+def test_conv_module_of_one_component_normalises_all_its_channels(features, tmp_path):
+    """conv_norm "auto": a conv module that is one component has the papers' single LayerNorm over all channels;
+    chunked conv modules (DMAO's units) keep the per-chunk norm; a config saved without the key loads as "chunk"."""
+    x, mask = features
+    whole = make_model(conv_granularity="module")
+    chunked = make_model(conv_granularity="chunk")
+    conv = whole.dynasr.layers[0].conv
+    channels = conv.depthwise.out_channels
+    assert conv.chunk == channels and chunked.dynasr.layers[0].conv.chunk == whole.config.conv_chunk_size
+    h = torch.randn(2, 7, channels)
+    with torch.no_grad():
+        conv.norm_weight.uniform_(0.5, 1.5)
+        conv.norm_bias.uniform_(-0.5, 0.5)
+        expected = torch.nn.functional.layer_norm(h, (channels,), conv.norm_weight, conv.norm_bias, conv.eps)
+        torch.testing.assert_close(conv.chunk_norm(h, None), expected)
+        assert not torch.allclose(chunked.dynasr.layers[0].conv.chunk_norm(h, None), expected, atol=1e-3)
+    # a subnet that drops whole conv modules still equals its extracted model
+    kept = [c.id for c in whole.component_index if c.block != 1 or c.module != "conv"]
+    whole.add_subnet("small", components=kept[:-3])
+    with torch.no_grad():
+        torch.testing.assert_close(whole.extract_subnet("small").eval()(x, attention_mask=mask).logits,
+                                   whole(x, attention_mask=mask, subnet="small").logits, atol=1e-5, rtol=1e-4)
+    old = whole.config.to_dict()
+    del old["conv_norm"]
+    legacy = DynaSRConfig.from_dict(old)
+    assert legacy.conv_norm == "chunk" and DynaSRForCTC(legacy).dynasr.layers[0].conv.chunk == legacy.conv_chunk_size
+    with pytest.raises(ValueError, match="conv_norm='group'.*allowed: auto, chunk"):
+        make_model(conv_norm="group")

@@ -24,6 +24,9 @@ POSITION_ENCODINGS = ("relative", "none")
 #: order of the two middle modules of a Conformer block: MHSA then Conv (i6 ConformerBlockV1, papers 1 and 2 on
 #: LibriSpeech) or Conv then MHSA (the authors' published paper-1 TED-LIUM and paper-3 LibriSpeech configs)
 BLOCK_ORDERS = ("mhsa_conv", "conv_mhsa")
+#: LayerNorm of the conv module's (and cgMLP's) channels: per chunk unless the module is one component ("auto"),
+#: or always per chunk ("chunk", every checkpoint saved before the option)
+CONV_NORMS = ("auto", "chunk")
 #: criteria a named subnet may record: a cost criterion, or "manual" (components picked by hand)
 SUBNET_CRITERIA = (*COST_CRITERIA, "manual")
 _SUBNET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -71,9 +74,14 @@ class DynaSRConfig(PretrainedConfig):
             0 removes the module. `None` = uniform nominal sizes. FFN sizes must be multiples of `ffn_chunk_size`,
             conv sizes of `conv_chunk_size`, cgMLP sizes of `cgmlp_chunk_size`.
         ffn_chunk_size (`int`, *optional*): FFN hidden units per component; `None` = `intermediate_size // 4`.
-        conv_chunk_size (`int`, *optional*): conv channels per chunk; `None` = `conv_channels // 4`. The conv
-            module's LayerNorm normalises each chunk separately, so removing a chunk does not change the
-            others (a departure from the single LayerNorm of the papers, needed for exact extraction).
+        conv_chunk_size (`int`, *optional*): conv channels per chunk; `None` = `conv_channels // 4`. When the conv
+            module's chunks are components (`conv_granularity="chunk"`), its LayerNorm normalises each chunk
+            separately, so removing a chunk does not change the others (a departure from the single LayerNorm of
+            the papers, needed for exact extraction); see `conv_norm`.
+        conv_norm (`str`, defaults to `"auto"`): `"auto"`: the conv module's LayerNorm (and the cgMLP's) covers all
+            its channels, as in the papers, when the module is one component (`granularity="module"`, or
+            `conv_granularity="module"` for the conv module), and each chunk otherwise. `"chunk"`: always per
+            chunk. A checkpoint whose config has no such key (saved before the option) loads as `"chunk"`.
         granularity (`str`, defaults to `"component"`): unit of selection. `"module"`: 4 components per block
             (FFN1, MHSA, Conv, FFN2, paper 1). `"component"`: FFN chunks, single heads and conv as one
             component or chunks (paper 2 / paper 3).
@@ -140,6 +148,7 @@ class DynaSRConfig(PretrainedConfig):
     conv_chunk_size: int | None = None
     granularity: str = "component"
     conv_granularity: str = "module"
+    conv_norm: str = "auto"
     subnets: dict | None = None
     subnets_schema_version: int = SUBNETS_SCHEMA_VERSION
     active_subnet: str | None = None
@@ -182,9 +191,12 @@ class DynaSRConfig(PretrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """A saved config without `position_encoding` predates the option: its model had no positional
-        information in self-attention, and it keeps loading (and behaving) as `"none"`."""
+        information in self-attention, and it keeps loading (and behaving) as `"none"`; likewise one without
+        `conv_norm` loads as `"chunk"`."""
         if "position_encoding" not in config_dict:
             config_dict = {**config_dict, "position_encoding": "none"}
+        if "conv_norm" not in config_dict:  # saved before the option: its conv norm was per chunk
+            config_dict = {**config_dict, "conv_norm": "chunk"}
         return super().from_dict(config_dict, **kwargs)
 
     # --- derived values -------------------------------------------------------------------------
@@ -214,6 +226,7 @@ class DynaSRConfig(PretrainedConfig):
         check_choice("frontend_type", self.frontend_type, FRONTEND_TYPES)
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("conv_granularity", self.conv_granularity, CONV_GRANULARITIES)
+        check_choice("conv_norm", self.conv_norm, CONV_NORMS)
         check_choice("ctc_loss_reduction", self.ctc_loss_reduction, ("mean", "sum"))
         check_choice("position_encoding", self.position_encoding, POSITION_ENCODINGS)
         for name in ("vocab_size", "num_mel_bins", "hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -7,8 +7,9 @@ Departures from the papers' gating, chosen so that gate 0 equals removal and gat
 - FFN chunk: the gate scales the chunk's activations after the nonlinearity (paper 2 scales W1/b1 rows and
   W2 columns, which applies the gate twice for soft values).
 - Head: the gate scales the head's output (paper 2 scales Q, K and V, which also sharpens the attention).
-- Conv: the LayerNorm after the depthwise conv normalises each chunk of `conv_chunk_size` channels on its
-  own, so a chunk can be removed without changing the others (paper 3's conv channel chunks).
+- Conv: when its chunks are components, the LayerNorm after the depthwise conv normalises each chunk of
+  `conv_chunk_size` channels on its own, so a chunk can be removed without changing the others (paper 3's conv
+  channel chunks); a conv module that is one component keeps the papers' single LayerNorm (`conv_norm`).
 - cgMLP (E-Branchformer): likewise, the LayerNorm of its gating unit normalises each chunk of
   `cgmlp_chunk_size` units on its own.
 """
@@ -102,6 +103,12 @@ class GatedChannelModule(GatedModule):
         """Rows of the input projection that the kept units own (values, then gates); None = all."""
         return None if keep is None else torch.cat([keep, keep + self.depthwise.out_channels])
 
+    @classmethod
+    def norm_chunk(cls, config, channels: int) -> int:
+        """Channels each LayerNorm group covers: all of them when the module is one component and
+        `config.conv_norm="auto"` (the papers' single LayerNorm), else one chunk."""
+        return channels if config.conv_norm == "auto" and cls.unit_step(config) == 0 else cls.chunk_size(config)
+
     def chunk_norm(self, hidden_states, keep: torch.Tensor | None) -> torch.Tensor:  # [B, T, C]
         """LayerNorm over each chunk of `self.chunk` kept channels on its own, so removing a chunk leaves the
         others unchanged."""
@@ -144,7 +151,7 @@ class DynaSRConvModule(GatedChannelModule):
 
     def __init__(self, config, channels: int):
         super().__init__()
-        self.chunk = self.chunk_size(config)
+        self.chunk = self.norm_chunk(config, channels)
         self.eps = config.layer_norm_eps
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pointwise_in = nn.Linear(config.hidden_size, 2 * channels)  # rows [0, C): values, [C, 2C): GLU gates
@@ -187,7 +194,7 @@ class DynaSRConvolutionalGatingMLP(GatedChannelModule):
 
     def __init__(self, config, units: int):
         super().__init__()
-        self.chunk = self.chunk_size(config)
+        self.chunk = self.norm_chunk(config, units)
         self.eps = config.layer_norm_eps
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.linear_in = nn.Linear(config.hidden_size, 2 * units)  # rows [0, U): values, [U, 2U): gates
