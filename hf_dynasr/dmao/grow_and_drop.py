@@ -118,6 +118,12 @@ class DMAO:
         # them as Python numbers, and `reduce_scores` moves them to the accelerator only for the all-reduce
         self._scores = torch.zeros(len(self.index), device="cpu")
         self._seen = torch.zeros(len(self.index), dtype=torch.bool, device="cpu")
+        config = _unwrap(model).config
+        if "conv" in cfg.unit_kinds and any(_kind(c) == "conv" for c in self.index) and \
+                MODULE_CLASSES["conv"].norm_chunk(config, config.conv_channels) != config.conv_chunk_size:
+            logger.warning("DMAO: the conv modules are one component each, so their LayerNorm covers all channels "
+                           "(conv_norm=auto): a conv unit's growth or removal changes the other channels' "
+                           "normalisation. Paper 3 normalises each chunk: set conv_granularity or conv_norm to chunk")
         if cfg.adjust_dropout:  # a model resumed after an event gets its reshaped modules' rates back
             adjust_dropout(_unwrap(model))
 
