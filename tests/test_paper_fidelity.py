@@ -151,8 +151,10 @@ def _recipe(name):
 
 
 @pytest.mark.parametrize("name, selection, model, top", [
-    ("tedlium2.yaml", {"orth_norm": "L2_sqrt", "paper_rest_share": 0.275, "tau0": 1.0}, {}, {"lr_floor": 0.1}),
-    ("librispeech_960h.yaml", {"orth_norm": "L2_sqrt", "paper_rest_share": 0.177, "tau0": 2.0}, {}, {}),
+    ("tedlium2.yaml", {"orth_norm": "L2_sqrt", "paper_rest_share": 0.275, "tau0": 1.0,
+                       "adaptive_ffn_dropout": True}, {}, {"lr_floor": 0.1}),
+    ("librispeech_960h.yaml", {"orth_norm": "L2_sqrt", "paper_rest_share": 0.177, "tau0": 2.0,
+                               "adaptive_ffn_dropout": True}, {}, {}),
     ("tedlium2_simple_top_k.yaml", {"criterion": "count", "stage1_subnet": "annealed", "anneal_step": 4,
                                     "layerdrop_stage2": 0.4, "loss_weight": "paper1"},
      {"block_order": "conv_mhsa", "granularity": "module"}, {}),
@@ -222,3 +224,38 @@ def test_conv_module_of_one_component_normalises_all_its_channels(features, tmp_
     assert legacy.conv_norm == "chunk" and DynaSRForCTC(legacy).dynasr.layers[0].conv.chunk == legacy.conv_chunk_size
     with pytest.raises(ValueError, match="conv_norm='group'.*allowed: auto, chunk"):
         make_model(conv_norm="group")
+
+
+# --- paper 2's adaptive FFN dropout ---------------------------------------------------------------------------
+def test_adaptive_ffn_dropout_scales_a_subnets_ffn_dropout_while_it_runs(features):
+    from hf_dynasr import FULL
+    from hf_dynasr.trainer.supernet_step import NetRun, supernet_loss
+
+    x, mask = features
+    model = make_model(hidden_dropout=0.1, activation_dropout=0.2).train()
+    index = model.component_index
+    # keep 1 of the 4 FFN1 chunks of block 0, all other components
+    drop = [c.id for c in index if c.block == 0 and c.module == "ffn1"][1:]
+    model.add_subnet("small", components=[c.id for c in index if c.id not in drop])
+    seen = {}
+
+    def record(name):
+        def hook(module, *_):
+            seen.setdefault(name, []).append((module.dropout.p, module.activation_dropout.p))
+        return hook
+
+    model.dynasr.layers[0].ffn1.register_forward_hook(record("b0.ffn1"))
+    model.dynasr.layers[1].ffn1.register_forward_hook(record("b1.ffn1"))
+    batch = {"input_features": x, "attention_mask": mask, "labels": torch.tensor([[5, 6, 7, -100], [8, 9, 10, 11]])}
+    for adaptive in (True, False):
+        seen.clear()
+        supernet_loss(model, model, batch, [NetRun(FULL), NetRun("small")], 0, sizes=["small"], seed=0,
+                      selection=SelectionConfig(adaptive_ffn_dropout=adaptive))
+        small = (0.1 / 4, 0.2 / 4) if adaptive else (0.1, 0.2)
+        assert seen["b0.ffn1"] == [pytest.approx((0.1, 0.2)), pytest.approx(small)]  # whole network, then small
+        assert seen["b1.ffn1"] == [pytest.approx((0.1, 0.2))] * 2  # a module the subnet keeps whole
+    assert (model.dynasr.layers[0].ffn1.dropout.p, model.dynasr.layers[0].ffn1.activation_dropout.p) == (0.1, 0.2)
+    model.activation_checkpointing_enable()
+    with pytest.raises(ValueError, match="adaptive_ffn_dropout does not work with gradient checkpointing"):
+        supernet_loss(model, model, batch, [NetRun(FULL), NetRun("small")], 0, sizes=["small"], seed=0,
+                      selection=SelectionConfig(adaptive_ffn_dropout=True))

@@ -288,13 +288,15 @@ def test_selection_config_defaults_method_options_and_validation():
     config = SelectionConfig.from_dict({"method": "simple_top_k", "stage1_fraction": 0.4, "k_min": 3})
     assert config.stage1_fraction == 0.4 and config.method_options == {"k_min": 3} and config.learns_masks
     assert config.allowed_keys() == ("method", "criterion", "stage1_fraction", "loss_weight", "layerdrop_stage1",
-                                     "layerdrop_stage2", "stage1_subnet", "distillation_weight", "paper_rest_share",
+                                     "layerdrop_stage2", "stage1_subnet", "distillation_weight", "adaptive_ffn_dropout",
+                                     "paper_rest_share",
                                      *SimpleTopKSelector.DEFAULTS)
     with pytest.raises(ValueError, match=r"unknown selection option\(s\) \['tau0'\] for method 'simple_top_k'; "
                                          r"allowed keys: method, criterion, .*, init_score, anneal_step"):
         SelectionConfig.from_dict({"method": "simple_top_k", "tau0": 1.0})
     with pytest.raises(ValueError, match=r"\['num_iterations'\] for method 'fixed'; allowed keys: method, .*, "
-                                         r"layerdrop_stage2, stage1_subnet, distillation_weight, paper_rest_share$"):
+                                         r"layerdrop_stage2, stage1_subnet, distillation_weight, adaptive_ffn_dropout, "
+                                         r"paper_rest_share$"):
         SelectionConfig.from_dict({"method": "fixed", "num_iterations": 4})
     bad = {"method": "simple_top_k, iterative_zero_out, ortho_softmax, fixed", "criterion": "params, flops, count",
            "loss_weight": "paper1, focal"}

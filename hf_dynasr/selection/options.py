@@ -56,6 +56,9 @@ class SelectionConfig:
         the papers): in stage 2 each subnet also learns the whole network's frame posteriors of the same step
         (detached), `weight * mean over frames of KL(p_whole || p_subnet)`, added to its weighted CTC loss. 0 =
         off (the papers); >= 0.
+    adaptive_ffn_dropout: paper 2's "adaptive FFN dropout" (its published configs): in stage 2 a subnet's FFN
+        dropout rates are scaled by the share of the FFN's hidden units its mask keeps (the whole network's
+        stay as they are). Not with gradient checkpointing (the recomputed forward would see other rates).
     paper_rest_share: the never-pruned share (frontend, output layer) of the cost in the paper a recipe's size
         fractions come from, or None (fractions used as given). With it each fraction p is re-derived so the
         size keeps the same share of the prunable cost as in the paper: `r + (1 - r) (p - r_p) / (1 - r_p)`,
@@ -74,6 +77,7 @@ class SelectionConfig:
     layerdrop_stage2: float = 0.1
     stage1_subnet: str = "random"
     distillation_weight: float = 0.0
+    adaptive_ffn_dropout: bool = False
     paper_rest_share: float | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +90,8 @@ class SelectionConfig:
         weight = self.distillation_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < float("inf"):
             raise ValueError(f"selection.distillation_weight must be a number >= 0 (0 = off); got {weight!r}")
+        if not isinstance(self.adaptive_ffn_dropout, bool):
+            raise ValueError(f"selection.adaptive_ffn_dropout must be true or false; got {self.adaptive_ffn_dropout!r}")
         share = self.paper_rest_share
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
                                   or not 0.0 <= share < 1.0):

@@ -13,6 +13,7 @@ network's detached frame posteriors of the same step (`distillation_loss`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -92,24 +93,27 @@ def layerdrop_gates(drop: torch.Tensor, rate: float, batch: int, generator: torc
 def supernet_loss(model, unwrapped, batch, runs: list[NetRun], step: int, *, sizes: list[str],
                   selection: SelectionConfig, seed: int, selector=None) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of the weighted CTC losses of this step's nets plus the selector's regulariser, and each net's loss
-    for logging (`loss/full`, `loss/<size>`, `loss/regularizer`). `model` may be DDP-wrapped, `unwrapped` is
-    the bare model; `sizes` are the size names, smallest first."""
+    for logging (`loss/full`, `loss/<size>`, `loss/regularizer`, `distill/<size>`). `model` may be DDP-wrapped,
+    `unwrapped` is the bare model; `sizes` are the size names, smallest first."""
     generator = torch.Generator(device="cpu").manual_seed(step_seed(seed, step))  # LayerDrop: a function of the step
-    total, losses, teacher = 0.0, {}, None
+    total, losses, teacher, embeds = 0.0, {}, None, None
     stage1 = any(run.soft for run in runs)
     drop_rate = selection.layerdrop_stage1 if stage1 else selection.layerdrop_stage2
-    for i, run in enumerate(runs):
+    for run in runs:
         gates = run.gates
         if run.subnet == FULL and selector is not None:
             drop = selector.layerdrop_components(step) if stage1 else ~unwrapped.subnet_mask(sizes[0])
             gates = layerdrop_gates(drop, drop_rate, batch["input_features"].shape[0], generator)
-        if i == 0:  # the first net computes the frontend output, the others start from it (shared_frontend)
-            out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
-                        labels=batch["labels"], subnet=run.subnet, component_gates=gates, output_hidden_states=True)
-            embeds, embeds_mask = shared_frontend(out, batch["attention_mask"])
-        else:
-            out = model(inputs_embeds=embeds, attention_mask=embeds_mask, labels=batch["labels"], subnet=run.subnet,
-                        component_gates=gates)
+        adapt = selection.adaptive_ffn_dropout and not run.soft and run.subnet != FULL
+        with ffn_dropout_scaled(unwrapped, run.subnet) if adapt else contextlib.nullcontext():
+            if embeds is None:  # the first net computes the frontend output, the others start from it
+                out = model(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
+                            labels=batch["labels"], subnet=run.subnet, component_gates=gates,
+                            output_hidden_states=True)
+                embeds, embeds_mask = shared_frontend(out, batch["attention_mask"])
+            else:
+                out = model(inputs_embeds=embeds, attention_mask=embeds_mask, labels=batch["labels"],
+                            subnet=run.subnet, component_gates=gates)
         weight = 1.0 if run.subnet == FULL else subnet_loss_weight(out.loss, selection.loss_weight)
         total = total + weight * out.loss
         losses[f"loss/{run.subnet}"] = float(out.loss.detach())
@@ -125,6 +129,31 @@ def supernet_loss(model, unwrapped, batch, runs: list[NetRun], step: int, *, siz
             total = total + reg
             losses["loss/regularizer"] = float(reg.detach())
     return total + anchor_unused_heads(unwrapped, {r.subnet for r in runs}), losses
+
+
+@contextlib.contextmanager
+def ffn_dropout_scaled(unwrapped, subnet: str):
+    """Paper 2's adaptive FFN dropout (`SelectionConfig.adaptive_ffn_dropout`): while a subnet runs, each FFN's
+    dropout rates are scaled by the share of its hidden units the subnet's mask keeps; restored afterwards."""
+    if unwrapped.is_activation_checkpointing:
+        raise ValueError("selection.adaptive_ffn_dropout does not work with gradient checkpointing (the recomputed "
+                         "forward would use other dropout rates); turn one of them off")
+    kept = unwrapped.component_index.kept_units(unwrapped.subnet_ids(subnet) or range(len(unwrapped.component_index)))
+    saved = []
+    for b, layer in enumerate(unwrapped.dynasr.layers):
+        for name in ("ffn1", "ffn2"):
+            module = getattr(layer, name, None)
+            if module is None:
+                continue
+            share = len(kept.get((b, name), ())) / module.linear_in.out_features
+            for dropout in (module.dropout, module.activation_dropout):
+                saved.append((dropout, dropout.p))
+                dropout.p = dropout.p * share
+    try:
+        yield
+    finally:
+        for dropout, p in saved:
+            dropout.p = p
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
