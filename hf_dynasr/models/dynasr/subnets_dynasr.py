@@ -136,13 +136,18 @@ class SubnetMixin:
             raise ValueError(f"subnet '{name}' has no selected components yet (selection still in training)")
         return None if self._index.covers_all(ids) else sorted(ids)
 
-    def extract_subnet(self, name: str):
-        """A standalone model of size `name`: sliced weights, the subnet's spec, one CTC head."""
+    def extract_subnet(self, name: str | None):
+        """A standalone model of size `name`: sliced weights, the subnet's spec, one CTC head. `FULL` (or `None`)
+        gives the whole network alone: every weight, `lm_head`, no named size."""
         self._check_subnet_name(name)
         ids = self.subnet_ids(name)
         if ids is None:
             ids = list(range(len(self._index)))
-        sub_config = subnet_config(self.config, self._index, name, ids)
+        if name in (None, FULL):
+            sub_config = copy.deepcopy(self.config)
+            sub_config.subnets, sub_config.active_subnet = {}, None
+        else:
+            sub_config = subnet_config(self.config, self._index, name, ids)
         state = self.state_dict()
         plan = subnet_slice_plan(type(self), self.config, self._index, ids, head=self.head_key(name))
         sliced = {new: _take(state[src], slices) for new, (src, slices) in plan.items()}
