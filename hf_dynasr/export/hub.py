@@ -23,7 +23,8 @@ from huggingface_hub import CommitOperationAdd, constants
 from hf_dynasr.evaluation.reports import format_count
 from hf_dynasr.export.model_card import render_model_card
 from hf_dynasr.export.repo_layout import check_layout, format_reference, is_repo_id, size_references
-from hf_dynasr.export.subnets import EVAL_RESULTS, EXPORT_INFO, ONNX_FILE, PLOT_FILE, SUPERNET_DIR, export_subnets
+from hf_dynasr.export.onnx_report import read_onnx_info
+from hf_dynasr.export.subnets import EVAL_RESULTS, EXPORT_INFO, PLOT_FILE, SUPERNET_DIR, export_subnets
 from hf_dynasr.json_io import read_json
 from hf_dynasr.lm.build import LM_SUBDIR, lm_summary
 from hf_dynasr.models.dynasr.configuration_dynasr import DynaSRConfig
@@ -90,7 +91,7 @@ def plan_push(export_dir, repo_id: str, *, layout: str = "repos", license: str |
             revision=target.revision, results=evals, training=info.get("training"),
             plot_file=PLOT_FILE if (folder / PLOT_FILE).is_file() else None,
             size_refs={k: format_reference(*v) for k, v in refs.items()} if target.size is None else None,
-            onnx=(folder / ONNX_FILE).is_file(), license=license or info.get("license") or "apache-2.0",
+            onnx=read_onnx_info(folder), license=license or info.get("license") or "apache-2.0",
             datasets=info.get("datasets"), template_path=template_path,
             language_model=lm_summary(folder / LM_SUBDIR))
         ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode("utf-8"))]

@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_dynasr import __version__
 from hf_dynasr.evaluation.reports import format_count
+from hf_dynasr.export.onnx_report import onnx_card_section
 from hf_dynasr.export.repo_layout import is_repo_id
 from hf_dynasr.json_io import read_json
 from hf_dynasr.models.dynasr.components_dynasr import ComponentIndex
@@ -259,7 +260,7 @@ def render_model_card(
     training: Mapping | None = None,
     plot_file: str | None = None,
     size_refs: Mapping[str, str] | None = None,
-    onnx: bool = False,
+    onnx: bool | Mapping = False,
     license: str = "apache-2.0",
     datasets: list[str] | None = None,
     template_path=None,
@@ -270,7 +271,8 @@ def render_model_card(
     `supernet_config`: the supernet's config (sizes, specs, costs). `repo_id`: where this card lives;
     `supernet_repo`: the supernet's repo (size cards); `revision`: the branch of a size (branch layout);
     `results`: evaluation results (see `load_results`); `size_refs`: {size: "org/name-40M" or
-    "org/name@40M"} listed on the supernet card; `language_model`: `hf_dynasr.lm.build.lm_summary` of a shipped LM."""
+    "org/name@40M"} listed on the supernet card; `language_model`: `hf_dynasr.lm.build.lm_summary` of a shipped LM;
+    `onnx`: the folder ships ONNX files (True) or their `onnx_report.json` (a dict: also latency and WER/CER)."""
     evals = load_results(results)
     training = clean_training_details(training)
     rows = _size_rows(supernet_config, evals)
@@ -295,7 +297,8 @@ def render_model_card(
         supernet_url=f"https://huggingface.co/{supernet_repo}",
         sizes=names, example_size=next((n for n in names if n != FULL), FULL),
         size_table=_size_table(rows, evals, highlight=size), eval_note=_eval_note(evals),
-        plot_file=plot_file, onnx=onnx, language_model=language_model,
+        plot_file=plot_file, onnx=bool(onnx), language_model=language_model,
+        onnx_section=onnx_card_section(onnx, whole_network=size in (None, FULL)) if onnx else None,
         size_repos=[{"name": k, "ref": f"`{v}`"} for k, v in (size_refs or {}).items()],
         components=_components_section(supernet_config, rows, only=size),
         training=_training_section(training), architecture=_architecture(supernet_config),

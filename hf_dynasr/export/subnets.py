@@ -3,9 +3,11 @@
 An export folder holds `supernet/` (the whole checkpoint, all CTC heads) and one folder per size: compact
 weights from `extract_subnet`, a config with the size's architecture spec and `active_subnet`, the
 processor, the remote-code files, `README.md` (model card, `hf_dynasr.export.model_card`) and optionally
-`model.onnx`, `eval_results.json` and `pareto.png`. Writes are atomic: everything goes to a temporary
-sibling folder first, which is then renamed. The ONNX file is written by `hf_dynasr.export.onnx_export`,
-each size's Hub repository (and branch) named by `hf_dynasr.export.repo_layout`.
+`model.onnx` (with `model_int8.onnx` and `onnx_report.json`), `eval_results.json` and `pareto.png`. The whole
+network is the size `full`: `supernet/model.onnx` is its ONNX file, and `sizes=["full", ...]` also writes it as a
+compact folder of its own. Writes are atomic: everything goes to a temporary sibling folder first, which is then
+renamed. The ONNX files are written by `hf_dynasr.export.onnx_export` and measured by
+`hf_dynasr.export.onnx_report`, each size's Hub repository (and branch) named by `hf_dynasr.export.repo_layout`.
 """
 
 from __future__ import annotations
@@ -18,20 +20,22 @@ from pathlib import Path
 
 from transformers import AutoProcessor
 
+from hf_dynasr.evaluation.inference import size_names
 from hf_dynasr.evaluation.latency import LATENCY_TABLE_NAME
 from hf_dynasr.evaluation.reports import plot_pareto
 from hf_dynasr.export.model_card import clean_training_details, load_results, read_training_details, render_model_card
-from hf_dynasr.export.onnx_export import export_onnx
+from hf_dynasr.export.onnx_export import export_onnx, quantize_int8
+from hf_dynasr.export.onnx_report import ONNX_FILE, ONNX_INT8_FILE, measure_onnx, read_onnx_info, write_report
 from hf_dynasr.export.repo_layout import check_layout, format_reference, size_references
 from hf_dynasr.json_io import write_json
 from hf_dynasr.lm.build import LM_SUBDIR, copy_lm_dir, lm_summary, read_lm_config
 from hf_dynasr.models.dynasr.modeling_dynasr import DynaSRForCTC
+from hf_dynasr.models.dynasr.subnets_dynasr import FULL
 
 SUPERNET_DIR = "supernet"
 EXPORT_INFO = "export_info.json"
 EVAL_RESULTS = "eval_results.json"
 PLOT_FILE = "pareto.png"
-ONNX_FILE = "model.onnx"
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:
@@ -69,6 +73,10 @@ def export_subnets(
     plot=None,
     baselines=None,
     onnx: bool = False,
+    int8: bool = False,
+    onnx_eval=None,
+    onnx_eval_name: str | None = None,
+    onnx_eval_split: str | None = None,
     overwrite: bool = False,
     repo_id: str | None = None,
     layout: str = "repos",
@@ -80,8 +88,12 @@ def export_subnets(
 ) -> dict[str, str]:
     """Export every size of a supernet checkpoint as its own Transformers checkpoint folder.
 
-    Writes `output_dir/<size>/` for each named size (or those in `sizes`) and `output_dir/supernet/`:
-    weights, config, processor, remote-code files, README.md, and `model.onnx` with `onnx=True`.
+    Writes `output_dir/<size>/` for each named size (or those in `sizes`; "full" = the whole network on its own)
+    and `output_dir/supernet/`: weights, config, processor, remote-code files, README.md. `onnx=True` adds
+    `model.onnx` to every size folder and to `supernet/` (the whole network), checked against PyTorch; `int8=True`
+    (implies `onnx`) also `model_int8.onnx`, dynamically quantized. Each ONNX folder gets `onnx_report.json`
+    (latency of PyTorch fp32, ONNX fp32 and int8 at batch 1 on 10 s; with `onnx_eval`, a dataset with audio and
+    text columns named `onnx_eval_name` / `onnx_eval_split` in the cards, their WER/CER on it), which the cards show.
     `results`: evaluation results for the cards (paths/dicts); `plot`: a PNG to include (default: drawn
     from `results`, with `baselines`); `training`: training details (default: `training_details.json` or
     `training_args.json` of the checkpoint). `lm`: an LM folder of `hf_dynasr.lm.build_lm`, copied into each
@@ -92,7 +104,9 @@ def export_subnets(
     check_layout(layout)
     model = DynaSRForCTC.from_pretrained(checkpoint, subnet=None).eval()
     processor = _load_processor(checkpoint)
-    names = _export_names(model.config, sizes, checkpoint)
+    names = _export_names(model, sizes, checkpoint)
+    onnx = onnx or int8
+    onnx_options = {"int8": int8, "dataset": onnx_eval, "dataset_name": onnx_eval_name, "split": onnx_eval_split}
     evals = load_results(results)
     training = clean_training_details(training if training is not None else _training_details(checkpoint, evals))
     if lm is not None:
@@ -104,12 +118,14 @@ def export_subnets(
         plot_src = _plot_source(plot, evals, baselines, tmp)
         write_json(tmp / EXPORT_INFO, {"checkpoint": os.fspath(checkpoint), "sizes": names, "license": license,
                                        "datasets": datasets or [], "training": training, "onnx": onnx,
-                                       "supernet": include_supernet})
+                                       "int8": int8, "supernet": include_supernet})
         folders = {}
         for name in ([SUPERNET_DIR] if include_supernet else []) + names:
             folders[name] = tmp / name
-            _write_model(model, name, folders[name], checkpoint, onnx=onnx, lm=lm)
+            _write_model(model, name, folders[name], checkpoint, lm=lm)
             _write_extras(processor, folders[name], evals, plot_src)
+            if onnx:
+                _write_onnx(model, name, folders[name], processor, **onnx_options)
         if plot_src is not None and plot_src.parent == tmp:
             plot_src.unlink()
         card_options = dict(results=evals, training=training, plot_file=PLOT_FILE if plot_src is not None else None,
@@ -131,16 +147,13 @@ def _load_processor(checkpoint):
                       "e.g. hf_dynasr.build_processor().save_pretrained(checkpoint)") from err
 
 
-def _export_names(config, sizes, checkpoint) -> list[str]:
-    """The sizes to export: every named size with selected components, or those in `sizes` (list or "a,b")."""
-    available = [n for n, e in config.subnets.items() if e.get("components") is not None]
-    if not available:
+def _export_names(model, sizes, checkpoint) -> list[str]:
+    """The sizes to export: every named size with selected components, or those in `sizes` (list or "a,b"),
+    which may name "full", the whole network."""
+    named = [n for n, e in model.config.subnets.items() if e.get("components") is not None]
+    if not named:
         raise ValueError(f"{checkpoint} has no named subnets with selected components; nothing to export")
-    names = available if sizes in (None, "all") else (
-        [s.strip() for s in sizes.split(",")] if isinstance(sizes, str) else list(sizes))
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise ValueError(f"unknown size(s) {unknown}; available: {', '.join(available)}")
+    names = named if sizes in (None, "all") else size_names(model, sizes)  # unknown names: ValueError, available
     if SUPERNET_DIR in names:
         raise ValueError(f"a size named '{SUPERNET_DIR}' clashes with the supernet folder; rename it")
     return names
@@ -161,8 +174,8 @@ def _plot_source(plot, evals: list[dict], baselines, tmp: Path) -> Path | None:
     return None
 
 
-def _write_model(model, name: str, folder: Path, checkpoint, *, onnx: bool, lm) -> None:
-    """The supernet (with its latency table) or the extracted size `name` (with ONNX and LM) into `folder`."""
+def _write_model(model, name: str, folder: Path, checkpoint, *, lm) -> None:
+    """The supernet (with its latency table) or the extracted size `name` (with the LM) into `folder`."""
     if name == SUPERNET_DIR:
         model.save_pretrained(folder)
         latency = Path(checkpoint) / LATENCY_TABLE_NAME
@@ -171,10 +184,19 @@ def _write_model(model, name: str, folder: Path, checkpoint, *, onnx: bool, lm) 
         return
     sub = model.extract_subnet(name).eval()
     sub.save_pretrained(folder)
-    if onnx:
-        export_onnx(sub, folder / ONNX_FILE)
     if lm is not None:
         copy_lm_dir(lm, folder / LM_SUBDIR)
+
+
+def _write_onnx(model, name: str, folder: Path, processor, *, int8: bool, dataset, dataset_name, split) -> None:
+    """`model.onnx` of size `name` (the supernet folder: the whole network), `model_int8.onnx` with `int8`, and
+    `onnx_report.json` with their latency (and WER/CER on `dataset`) beside PyTorch's."""
+    sub = model.extract_subnet(FULL if name == SUPERNET_DIR else name).eval()
+    export_onnx(sub, folder / ONNX_FILE)
+    if int8:
+        quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE)
+    write_report(folder, measure_onnx(sub, folder, processor, dataset=dataset, dataset_name=dataset_name,
+                                      split=split))
 
 
 def _write_extras(processor, folder: Path, evals: list[dict], plot_src: Path | None) -> None:
@@ -193,9 +215,9 @@ def _write_cards(config, folders: dict[str, Path], names: list[str], repo_id: st
         if name == SUPERNET_DIR:
             card = render_model_card(config, size=None, repo_id=repo_id, supernet_repo=repo_id,
                                      size_refs={k: format_reference(*v) for k, v in refs.items()},
-                                     onnx=False, **card_options)
+                                     onnx=onnx and read_onnx_info(folder), **card_options)
         else:
             repo, revision = refs.get(name, (repo_id, None))
             card = render_model_card(config, size=name, repo_id=repo, supernet_repo=repo_id, revision=revision,
-                                     onnx=onnx, language_model=lm_info, **card_options)
+                                     onnx=onnx and read_onnx_info(folder), language_model=lm_info, **card_options)
         card.save(folder / "README.md")
