@@ -106,6 +106,7 @@ def assert_moments(model, opt, before_params, before_state, report, old_config):
     (dict(score="obd"), "allowed: taylor, grad, weight"), 
     (dict(init="random"), "allowed: copy, function_preserving, random_split"),
     (dict(copy_state="zero"), "allowed: parent, fresh"),
+    (dict(adjust_dropout="yes"), "adjust_dropout must be true or false"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
