@@ -259,3 +259,20 @@ def test_adaptive_ffn_dropout_scales_a_subnets_ffn_dropout_while_it_runs(feature
     with pytest.raises(ValueError, match="adaptive_ffn_dropout does not work with gradient checkpointing"):
         supernet_loss(model, model, batch, [NetRun(FULL), NetRun("small")], 0, sizes=["small"], seed=0,
                       selection=SelectionConfig(adaptive_ffn_dropout=True))
+
+
+def test_adaptive_ffn_dropout_with_gradient_checkpointing_is_refused_before_training(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from hf_dynasr.trainer.dry_run import dry_run
+    from hf_dynasr.trainer.options import parse_args
+
+    args = parse_args(["--config", os.path.join(CONFIGS, "smoke.yaml"), "--dry_run", "--gradient_checkpointing",
+                       "--output_dir", str(tmp_path / "run"), "--subnets", '{"small": 0.5}',
+                       "--selection", '{"method": "ortho_softmax", "adaptive_ffn_dropout": true}'])
+    try:
+        with pytest.raises(SystemExit, match="adaptive_ffn_dropout does not work with --gradient_checkpointing"):
+            dry_run(args)
+    finally:
+        AcceleratorState._reset_state(True)  # accelerate's process-wide singletons (as tests/test_dry_run.py)
+    assert not (tmp_path / "run").exists()

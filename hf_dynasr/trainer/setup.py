@@ -159,6 +159,9 @@ def build_model(args: TrainArgs, tokenizer, resume_dir: str | None, criterion: s
         model = DynaSRForCTC(DynaSRConfig(**model_kwargs))
     model.config.apply_spec_augment = args.spec_augment
     if args.gradient_checkpointing:
+        if args.subnets and args.selection_config().adaptive_ffn_dropout:
+            raise SystemExit("error: selection.adaptive_ffn_dropout does not work with --gradient_checkpointing (the "
+                             "recomputed forward would use other dropout rates); turn one of them off")
         model.activation_checkpointing_enable()  # transformers 5's name of gradient_checkpointing_enable
     if len(tokenizer) != model.config.vocab_size:
         raise SystemExit(f"error: the tokenizer has {len(tokenizer)} labels but the model's vocab_size is "
