@@ -423,14 +423,14 @@ def test_adjust_dropout_scales_with_module_size_and_survives_a_resume(tmp_path):
     assert rates_of(plain) == pytest.approx((0.1, 0.2, 0.2, 0.1, 0.1))
 
 
-def test_conv_of_one_component_with_a_single_norm_is_warned_about(caplog):
+def test_conv_of_one_component_with_a_single_norm_is_logged(caplog):
     """A conv module that is one component has one LayerNorm over all channels (conv_norm auto): DMAO says that
-    moving its chunks changes the others' normalisation and how to keep paper 3's per-chunk norm."""
-    with caplog.at_level("WARNING", logger="hf_dynasr.dmao.grow_and_drop"):
+    moving its chunks changes the others' normalisation and how to normalise each chunk apart."""
+    with caplog.at_level("INFO", logger="hf_dynasr.dmao.grow_and_drop"):
         DMAO(setup(conv_granularity="module")[0], DMAOConfig(), TOTAL)
     assert "set conv_granularity or conv_norm to chunk" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hf_dynasr.dmao.grow_and_drop"):
+    with caplog.at_level("INFO", logger="hf_dynasr.dmao.grow_and_drop"):
         DMAO(setup(conv_granularity="module", conv_norm="chunk")[0], DMAOConfig(), TOTAL)
         DMAO(setup()[0], DMAOConfig(), TOTAL)  # conv chunks are components
     assert "conv_norm" not in caplog.text

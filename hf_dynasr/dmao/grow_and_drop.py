@@ -121,9 +121,10 @@ class DMAO:
         config = _unwrap(model).config
         if "conv" in cfg.unit_kinds and any(_kind(c) == "conv" for c in self.index) and \
                 MODULE_CLASSES["conv"].norm_chunk(config, config.conv_channels) != config.conv_chunk_size:
-            logger.warning("DMAO: the conv modules are one component each, so their LayerNorm covers all channels "
-                           "(conv_norm=auto): a conv unit's growth or removal changes the other channels' "
-                           "normalisation. Paper 3 normalises each chunk: set conv_granularity or conv_norm to chunk")
+            logger.info("DMAO: the conv modules are one component each, so their LayerNorm covers all channels "
+                        "(conv_norm=auto, as paper 3's code normalises them): a conv chunk's growth or removal also "
+                        "changes the other channels' normalisation, so growth is not function-preserving there; "
+                        "set conv_granularity or conv_norm to chunk to normalise each chunk apart")
         if cfg.adjust_dropout:  # a model resumed after an event gets its reshaped modules' rates back
             adjust_dropout(_unwrap(model))
 
