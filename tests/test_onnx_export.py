@@ -168,6 +168,18 @@ def test_full_size_is_exported_on_request(supernet, tmp_path):
         export_subnets(path, tmp_path / "other", sizes=["tiny"])
 
 
+def test_export_cli_onnx_options(supernet, tmp_path, capsys):
+    """`--onnx_eval` without an ONNX export is refused before anything is written; `--sizes full` is accepted."""
+    from hf_dynasr.export.cli import export_main
+
+    path, _ = supernet
+    assert export_main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "a"), "--onnx_eval",
+                        "audiofolder:/nowhere"]) == 2
+    assert "add --onnx" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert export_main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "b"), "--sizes", "full"]) == 0
+    assert (tmp_path / "b" / "full" / "config.json").is_file()
+
+
 def test_transcribe_onnx_script_gives_pytorch_transcripts(supernet, onnx_export, speech_clips, capsys):
     """scripts/transcribe_onnx.py on real 22.05 kHz speech files: the transcripts of the PyTorch model (same
     decoding, resampling and features); clear errors for a missing file and a missing processor."""
