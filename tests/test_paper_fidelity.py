@@ -276,3 +276,21 @@ def test_adaptive_ffn_dropout_with_gradient_checkpointing_is_refused_before_trai
     finally:
         AcceleratorState._reset_state(True)  # accelerate's process-wide singletons (as tests/test_dry_run.py)
     assert not (tmp_path / "run").exists()
+
+
+# --- FLOPs costs ---------------------------------------------------------------------------------------------
+def test_component_flops_follow_the_position_encoding():
+    """Per-component FLOPs are cached per module shape; two configs that differ only in the position encoding
+    (relative attention costs more per head) must not share an entry: total = rest + components with rest >= 0."""
+    from hf_dynasr import ComponentIndex
+    from hf_dynasr.models.dynasr.costs_dynasr import component_costs
+
+    heads = {}
+    for encoding in ("relative", "none"):
+        config = DynaSRConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                              frontend_type="conv2d4x", frontend_channels=16, reference_duration_s=2.0,
+                              position_encoding=encoding)
+        costs = component_costs(DynaSRForCTC, config)
+        assert costs.rest_flops > 0, encoding
+        heads[encoding] = next(f for c, f in zip(ComponentIndex(config), costs.flops) if c.kind == "head")
+    assert heads["relative"] > heads["none"]

@@ -4,6 +4,13 @@ Parameters are counted exactly on a model built on the meta device (no memory, n
 measured with `torch.utils.flop_counter` (matmuls, convolutions and attention; elementwise ops are not
 counted) on meta tensors at the config's reference duration, batch 1, eval mode.
 
+Against paper 2's FLOPs units (its published configs): there a head costs 0.252 of an FFN chunk (d=512), about
+its projections alone; here a head also carries its attention products at the reference duration (0.311 of an
+FFN chunk at 10 s without positions, ~0.5 with relative positions, which add a projection of 2T-1 positions), a
+real cost of long utterances. Their never-pruned share (frontend, output layer) is larger too (17.7 % on
+LibriSpeech, 27.5 % on TED-LIUM, against ~10 % here): `SelectionConfig.paper_rest_share` re-derives a paper's size
+fractions so each size keeps the paper's share of the prunable FLOPs; the head-to-FFN ratio stays this model's.
+
 The functions take the model class (`DynaSRForCTC`, which defines `count_parameters` and `measure_flops`
 classmethods over them), so this file does not import the modelling file that uses it.
 """
@@ -106,7 +113,7 @@ class _Key:
     def __init__(self, config):
         self.config = config
         self.key = (config.hidden_size, config.num_attention_heads, config.conv_kernel_size, config.conv_chunk_size,
-                    config.cgmlp_chunk_size)
+                    config.cgmlp_chunk_size, config.position_encoding)
 
     def __hash__(self):
         return hash(self.key)
