@@ -50,6 +50,7 @@ def recipes() -> dict[str, dict | None]:
 
 def train(name: str, augmentation: dict | None, args, seed: int) -> tuple[str, float]:
     out = os.path.join(args.output_dir, f"{name}_s{seed}")
+    os.makedirs(args.output_dir, exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, "training", "train.py"), "--config", args.config, "--output_dir", out,
            "--overwrite_output_dir", "--max_steps", str(args.max_steps), "--save_steps", "0", "--seed", str(seed),
            "--train_data", f"audiofolder:{args.corpus}", "--eval_data", f"audiofolder:{args.corpus}",
