@@ -6,13 +6,17 @@ import os
 import pytest
 import torch
 import yaml
+from accelerate.state import AcceleratorState
 from conftest import REPO, make_model
 
-from hf_dynasr import DynaSRConfig, DynaSRForCTC
+from hf_dynasr import FULL, ComponentIndex, DynaSRConfig, DynaSRForCTC
 from hf_dynasr.dmao import DMAOConfig
+from hf_dynasr.models.dynasr.costs_dynasr import component_costs
 from hf_dynasr.selection import SelectionConfig, build_selector
+from hf_dynasr.trainer.dry_run import dry_run
+from hf_dynasr.trainer.options import parse_args
 from hf_dynasr.trainer.schedule import one_cycle_lambda
-from hf_dynasr.trainer.supernet_step import plan_step, rederive_fraction, size_fractions
+from hf_dynasr.trainer.supernet_step import NetRun, plan_step, rederive_fraction, size_fractions, supernet_loss
 
 CONFIGS = os.path.join(REPO, "training", "configs")
 
@@ -228,9 +232,6 @@ def test_conv_module_of_one_component_normalises_all_its_channels(features, tmp_
 
 # --- paper 2's adaptive FFN dropout ---------------------------------------------------------------------------
 def test_adaptive_ffn_dropout_scales_a_subnets_ffn_dropout_while_it_runs(features):
-    from hf_dynasr import FULL
-    from hf_dynasr.trainer.supernet_step import NetRun, supernet_loss
-
     x, mask = features
     model = make_model(hidden_dropout=0.1, activation_dropout=0.2).train()
     index = model.component_index
@@ -262,11 +263,6 @@ def test_adaptive_ffn_dropout_scales_a_subnets_ffn_dropout_while_it_runs(feature
 
 
 def test_adaptive_ffn_dropout_with_gradient_checkpointing_is_refused_before_training(tmp_path):
-    from accelerate.state import AcceleratorState
-
-    from hf_dynasr.trainer.dry_run import dry_run
-    from hf_dynasr.trainer.options import parse_args
-
     args = parse_args(["--config", os.path.join(CONFIGS, "smoke.yaml"), "--dry_run", "--gradient_checkpointing",
                        "--output_dir", str(tmp_path / "run"), "--subnets", '{"small": 0.5}',
                        "--selection", '{"method": "ortho_softmax", "adaptive_ffn_dropout": true}'])
@@ -282,9 +278,6 @@ def test_adaptive_ffn_dropout_with_gradient_checkpointing_is_refused_before_trai
 def test_component_flops_follow_the_position_encoding():
     """Per-component FLOPs are cached per module shape; two configs that differ only in the position encoding
     (relative attention costs more per head) must not share an entry: total = rest + components with rest >= 0."""
-    from hf_dynasr import ComponentIndex
-    from hf_dynasr.models.dynasr.costs_dynasr import component_costs
-
     heads = {}
     for encoding in ("relative", "none"):
         config = DynaSRConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
