@@ -7,6 +7,8 @@ Usage:
     python scripts/benchmark.py --suite supernet     # stage-1/stage-2 step vs the sum of standalone steps
     python scripts/benchmark.py --suite inference    # per-size latency and speed-up vs FLOPs ratio
     python scripts/benchmark.py --suite all
+    python scripts/benchmark.py --suite onnx         # per demo size: PyTorch fp32 vs ONNX fp32 vs ONNX int8 latency
+                                                     # and test-set CER (needs runs/demo/final; about 5 minutes)
     python scripts/benchmark_scale.py                # data path, memory over 1x/4x/16x corpora, paper-size
                                                      # update (about 15 minutes)
 
@@ -25,13 +27,16 @@ import time
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import ParakeetCTCConfig, ParakeetForCTC
+from transformers import AutoProcessor, ParakeetCTCConfig, ParakeetForCTC
 
 from hf_dynasr import FULL, DynaSRConfig, DynaSRForCTC, build_processor
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
 from hf_dynasr.dmao import DMAO, DMAOConfig
 from hf_dynasr.evaluation.benchmark_report import benchmark_machine, headline_ratios, write_docs
+from hf_dynasr.evaluation.inference import size_names
 from hf_dynasr.evaluation.timing import matmul_peak_gflops, timeit, timeit_side_by_side
+from hf_dynasr.export.onnx_export import export_onnx, quantize_int8
+from hf_dynasr.export.onnx_report import ONNX_FILE, ONNX_INT8_FILE, measure_onnx
 from hf_dynasr.json_io import write_json
 from hf_dynasr.selection import SelectionConfig, build_selector
 from hf_dynasr.trainer.dry_run import FlopCount
@@ -70,13 +75,14 @@ def suite_encoder(repeats: int) -> dict:
         rows = {}
         models = {
             "dynasr_conv2d4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="conv2d4x", frontend_channels=64,
-                                                         hidden_dropout=0, activation_dropout=0,
-                                                         attention_dropout=0)).eval(),
+                                                         position_encoding="relative", hidden_dropout=0,
+                                                         activation_dropout=0, attention_dropout=0)).eval(),
             "dynasr_conv2d4x_nopos": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="conv2d4x", frontend_channels=64,
                                                                position_encoding="none", hidden_dropout=0,
                                                                activation_dropout=0, attention_dropout=0)).eval(),
-            "dynasr_vgg4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="vgg4x", hidden_dropout=0,
-                                                      activation_dropout=0, attention_dropout=0)).eval(),
+            "dynasr_vgg4x": DynaSRForCTC(DynaSRConfig(**cfg, frontend_type="vgg4x", position_encoding="relative",
+                                                      hidden_dropout=0, activation_dropout=0,
+                                                      attention_dropout=0)).eval(),
             "parakeet": parakeet_twin(cfg),
         }
         for batch in (1, 8):
@@ -334,6 +340,46 @@ def suite_dmao(repeats: int) -> dict:
     return result
 
 
+def suite_onnx(repeats: int) -> dict:
+    """Per size of the demo checkpoint: PyTorch fp32, ONNX fp32 and ONNX int8 latency at batch 1 on 10 s of audio
+    (timed side by side) and WER/CER of all three on the demo test set. Needs runs/demo/final and data/demo_corpus
+    (`bash scripts/demo.sh`)."""
+    root = os.path.dirname(os.path.dirname(RESULTS))
+    ckpt, corpus = os.path.join(root, "runs", "demo", "final"), os.path.join(root, "data", "demo_corpus")
+    if not (os.path.isdir(ckpt) and os.path.isdir(os.path.join(corpus, "test"))):
+        raise SystemExit(f"the onnx suite measures the demo checkpoint: {ckpt} and {corpus}/test are needed; run "
+                         "`bash scripts/demo.sh` first")
+    model = DynaSRForCTC.from_pretrained(ckpt, subnet=None).eval()
+    processor = AutoProcessor.from_pretrained(ckpt)
+    test = load_speech_dataset(f"audiofolder:{corpus}", split="test")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in size_names(model):
+            size, folder = model.extract_subnet(name).eval(), os.path.join(tmp, name)
+            os.makedirs(folder)
+            quantize_int8(export_onnx(size, os.path.join(folder, ONNX_FILE)), os.path.join(folder, ONNX_INT8_FILE))
+            report = measure_onnx(size, folder, processor, dataset=test, dataset_name="data/demo_corpus",
+                                  split="test", repeats=repeats)
+            ms, cer = report["latency_ms"], report["eval"]["cer"]
+            out[name] = {
+                **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
+                "onnx_fp32_speedup_vs_pytorch_fp32": round(ms["pytorch_fp32"] / ms["onnx_fp32"], 3),
+                "onnx_int8_speedup_vs_pytorch_fp32": round(ms["pytorch_fp32"] / ms["onnx_int8"], 3),
+                **{f"cer_{k}_pct": round(100 * v, 2) for k, v in cer.items()},
+                "int8_cer_change_points": round(100 * (cer["onnx_int8"] - cer["pytorch_fp32"]), 2),
+                "int8_file_vs_fp32_file": round(os.path.getsize(os.path.join(folder, ONNX_INT8_FILE))
+                                                / os.path.getsize(os.path.join(folder, ONNX_FILE)), 3),
+            }
+            out[name]["goal_met"] = (out[name]["onnx_int8_speedup_vs_pytorch_fp32"] >= 1.5
+                                     and out[name]["int8_cer_change_points"] <= 1.0)
+            out["num_test_utterances"] = report["eval"]["num_utterances"]
+            print("onnx", name, json.dumps(out[name]), flush=True)
+    return out
+
+
+ONNX_SUITES = {"onnx": suite_onnx}  # not part of `speed`: it needs the demo checkpoint and corpus
+
+
 def write(suite: str, data: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{suite}.json")
@@ -355,19 +401,20 @@ def suite_speed(repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", default="speed", help=f"speed (all of them), or one of {sorted(SUITES)}")
+    parser.add_argument("--suite", default="speed", help=f"speed (all of them), or one of "
+                        f"{sorted([*SUITES, *ONNX_SUITES])}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     names = ["speed"] if args.suite == "all" else [args.suite]
-    runnable = dict(SUITES, speed=suite_speed)
+    runnable = dict(SUITES, speed=suite_speed, **ONNX_SUITES)
     for name in names:
         if name not in runnable:
             raise SystemExit(f"unknown suite {name!r}; choose from {sorted(runnable)} or all (= speed)")
         print(f"wrote {write(name, runnable[name](args.repeats))}")
-    print(f"wrote {write_docs(RESULTS, [*SUITES, *SCALE_SUITES])}")
+    print(f"wrote {write_docs(RESULTS, [*SUITES, *SCALE_SUITES, *ONNX_SUITES])}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def padded_batch(frames=(120, 80, 45), seed=0):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    model = with_sizes()
+    model = with_sizes(position_encoding="relative")
     path = tmp_path_factory.mktemp("common") / "ckpt"
     model.save_pretrained(path)
     return path, model
@@ -134,7 +134,7 @@ def test_attention_backends_agree_for_every_size_masked_and_extracted(position_e
 
 
 def test_flex_attention_agrees_with_eager_for_every_size():
-    model = with_sizes()
+    model = with_sizes(position_encoding="relative")
     x, mask = padded_batch()
     with torch.no_grad():
         want = {size: model(x, mask, subnet=size).logits for size in ("full", "mid", "small")}
@@ -149,6 +149,7 @@ def test_flex_attention_agrees_with_eager_for_every_size():
 def test_flags_declare_the_supported_backends():
     assert DynaSRForCTC._supports_sdpa and DynaSRForCTC._supports_flex_attn and not DynaSRForCTC._supports_flash_attn
     assert make_model().config._attn_implementation == "sdpa"  # the default
+    assert make_model().config.position_encoding == "none"  # the default, chosen by measurement (README)
     with pytest.raises(ValueError, match="does not support Flash Attention 2"):
         make_model().set_attn_implementation("flash_attention_2")
 
@@ -163,7 +164,7 @@ def test_determinism_in_eval_and_dropout_in_training():
 
 
 def test_hidden_states_attentions_and_return_dict():
-    model = with_sizes()
+    model = with_sizes(position_encoding="relative")
     model.set_attn_implementation("eager")
     x, mask = padded_batch()
     out = model(x, mask, subnet="small", output_hidden_states=True, output_attentions=True)
