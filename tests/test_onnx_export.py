@@ -67,6 +67,30 @@ def test_torch_export_every_size_dynamic_batch_and_time(supernet):
         model(x[:, :3], mask[:, :3])
 
 
+def test_relative_position_model_exports(tmp_path):
+    """A model with relative positional self-attention (the paper recipes' setting): torch.export with dynamic
+    batch and time and the ONNX file both give the eager logits (export_onnx checks 3 x 237 frames itself)."""
+    from tiny_supernet import TINY
+
+    from hf_dynasr import DynaSRConfig, DynaSRForCTC
+    from hf_dynasr.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = DynaSRForCTC(DynaSRConfig(**{**TINY, "num_hidden_layers": 1}, position_encoding="relative")).eval()
+    program = export_program(model).module()
+    for batch, frames in ((1, 90), (3, 333)):
+        x, mask = _features(batch, frames, seed=frames)
+        with torch.no_grad():
+            assert (program(x, mask.bool()) - model(x, mask).logits).abs().max() <= 1e-5
+    path = export_onnx(model, tmp_path / "model.onnx")
+    x, mask = _features(2, 150)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_features": x.numpy(), "attention_mask": mask.bool().numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x, mask).logits.numpy()).max() <= 1e-4
+    assert model.config._attn_implementation == "sdpa"  # the export traced "eager" and put it back
+
+
 def test_onnx_export_uses_dynamo_exporter_without_hidden_warnings(onnx_export):
     """The dynamo exporter writes one self-contained file per size; no warning of ours is raised or silenced (the
     only one left is torch's own deprecation of `LeafSpec`, raised inside torch.export, pytorch/pytorch#167470)."""
