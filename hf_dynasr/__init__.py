@@ -2,7 +2,8 @@
 
 Importing the package registers `DynaSRConfig` with `AutoConfig`, `DynaSRModel` (the encoder) with `AutoModel` and `DynaSRForCTC` with
 `AutoModelForCTC`, so `AutoModelForCTC.from_pretrained(path, subnet="40M")` and
-`pipeline("automatic-speech-recognition", model=path)` work on hf_dynasr checkpoints.
+`pipeline("automatic-speech-recognition", model=path)` work on hf_dynasr checkpoints; the pipeline reads audio
+files (wav, flac, ogg, mp3, ...) and resamples arrays of any rate (`hf_dynasr.data.asr_pipeline`).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCTC
@@ -18,10 +19,12 @@ from hf_dynasr.models.dynasr import (
     DynaSRPreTrainedModel,
 )
 from hf_dynasr.data.processing import build_feature_extractor, build_processor, build_tokenizer
+from hf_dynasr.data.asr_pipeline import SpeechRecognitionPipeline, register as register_asr_pipeline
 
 AutoConfig.register("dynasr", DynaSRConfig, exist_ok=True)
 AutoModelForCTC.register(DynaSRConfig, DynaSRForCTC, exist_ok=True)
 AutoModel.register(DynaSRConfig, DynaSRModel, exist_ok=True)
+register_asr_pipeline()  # file paths and any sampling rate without the ffmpeg program or torchaudio
 
 __version__ = "0.1.0"
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "DynaSRForCTC",
     "DynaSRModel",
     "DynaSRPreTrainedModel",
+    "SpeechRecognitionPipeline",
     "build_feature_extractor",
     "build_processor",
     "build_tokenizer",

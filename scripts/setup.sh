@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by scripts/demo.sh and scripts/test.sh (source it; it activates .venv).
-# - Debian tools (espeak-ng, flite, sox, text sources, FFmpeg 5.1 libraries for torchcodec) via apt-get
-#   when missing and we are root;
+# - Debian tools (espeak-ng, flite, sox, text sources, FFmpeg 5.1 libraries for torchcodec and the ffmpeg
+#   program, which transformers' ASR pipeline runs to read audio files) via apt-get when missing and we are root;
 # - .venv with torch==2.13.0 (the CPU wheel; never another torch) and `pip install -e .[dev]`.
 # A second run does nothing but a few checks (stamp file keyed on pyproject.toml).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES="espeak-ng flite sox fortunes fortunes-min wordnet-base festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts irstlm libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57"
+APT_PACKAGES="espeak-ng flite sox fortunes fortunes-min wordnet-base festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts irstlm libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57 ffmpeg"
 missing=""
-for tool in espeak-ng flite sox text2wave; do command -v "$tool" >/dev/null 2>&1 || missing="yes"; done
+for tool in espeak-ng flite sox text2wave ffmpeg; do command -v "$tool" >/dev/null 2>&1 || missing="yes"; done
 [ -d /usr/share/games/fortunes ] && [ -d /usr/share/wordnet ] || missing="yes"
 ls /usr/lib/*/libavcodec.so.59 >/dev/null 2>&1 || missing="yes"
 if [ -n "$missing" ]; then
