@@ -20,6 +20,7 @@ from torch import nn
 from .components_dynasr import MODULE_NAMES, ComponentIndex
 from .costs_dynasr import component_costs, count_parameters, meta_model, measure_flops
 from .modules_dynasr import MODULE_CLASSES, ModuleRoute
+from .processor_files_dynasr import ProcessorFilesMixin
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,10 @@ logger = logging.getLogger(__name__)
 FULL = "full"
 
 
-class SubnetMixin:
-    """Mixed into DynaSRForCTC; relies on `self.config`, `self.dynasr`, `self.lm_head`, `self.subnet_heads`."""
+class SubnetMixin(ProcessorFilesMixin):
+    """Mixed into DynaSRForCTC; relies on `self.config`, `self.dynasr`, `self.lm_head`, `self.subnet_heads`.
+    `save_pretrained` also copies the processor files of the checkpoint the model came from
+    (`processor_files_dynasr`), so an extracted size saves as a folder the ASR pipeline loads."""
 
     # --- set-up -----------------------------------------------------------------------------------
     def init_subnets(self) -> None:
