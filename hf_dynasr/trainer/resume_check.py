@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 from hf_dynasr.json_io import read_json
 from hf_dynasr.trainer.checkpointing import resolve_checkpoint
-from hf_dynasr.trainer.options import TRAJECTORY_OPTIONS, TrainArgs
+from hf_dynasr.trainer.options import RENAMED_OPTIONS, TRAJECTORY_OPTIONS, TrainArgs
 
 logger = logging.getLogger("hf_dynasr.train")
 
@@ -52,6 +52,7 @@ def check_resume(args: TrainArgs, accelerator, resume_dir: str | None) -> None:
             return
         saved = read_json(legacy)
     defaults = {f.name: f.default for f in fields(TrainArgs)}
+    saved = {RENAMED_OPTIONS.get(name, name): value for name, value in saved.items()}  # older checkpoints' names
     for name in TRAJECTORY_OPTIONS:
         new, old = _normal(getattr(args, name)), _normal(saved.get(name, defaults.get(name)))
         if new != old:

@@ -9,9 +9,9 @@ from hf_dynasr.trainer.final import finish, save_final
 from hf_dynasr.trainer.loop import TrainingLoop, resume
 from hf_dynasr.trainer.options import parse_args
 from hf_dynasr.trainer.resume_check import check_resume, resolve_resume
-from hf_dynasr.trainer.run_folder import release_lock
+from hf_dynasr.trainer.run_folder import release_lock, undo_failed_start
 from hf_dynasr.trainer.setup import (build_accelerator, build_run, check_output_dir, make_output_dir,
-                                     prepare, start_tracking)
+                                     prepare, start_tracking, synthesize_missing_corpus)
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> None:
@@ -24,21 +24,41 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         return
     previous = check_output_dir(args)
     # 2. accelerator (one process or DDP) and logging; the run folder locked (a previous run's own entries
-    # removed when overwriting it); the checkpoint to resume from, whose options this run must share
+    # removed when overwriting it)
     accelerator = build_accelerator(args)
     lock = make_output_dir(args, accelerator, previous)
     try:
-        resume_dir = resolve_resume(args)
-        check_resume(args, accelerator, resume_dir)
-        train(args, accelerator, resume_dir, callbacks)
+        train(args, accelerator, callbacks, fresh=lock is not None and not previous)
     finally:
         if lock:
             release_lock(lock)
 
 
-def train(args, accelerator, resume_dir: str | None, callbacks) -> None:
-    """Steps 3 to 8 in the locked run folder."""
-    # 3. data: features and labels computed once (the main process first, the others read its cache)
+def train(args, accelerator, callbacks, fresh: bool = False) -> None:
+    """The checkpoint to resume from and steps 3 to 8 in the locked run folder. `fresh`: this (main) process
+    started the folder empty; a failure before the training loop (no checkpoint to resume, data, model) then
+    removes the run's entries, which hold nothing worth keeping, so the same command can simply be run again
+    (`run_folder.undo_failed_start`)."""
+    try:
+        run, state = start(args, accelerator)
+    except BaseException:
+        if fresh:
+            undo_failed_start(args.output_dir)
+        raise
+    # 7. the training loop: stage 1, the stage boundary (masks frozen), stage 2
+    TrainingLoop(run, state, CallbackList(callbacks)).train()
+    # 8. final evaluation; model, processor, selector scores and results in final/
+    save_final(run, state)
+    finish(run)
+
+
+def start(args, accelerator):
+    """The checkpoint to resume from, whose options this run must share; steps 3 to 6: -> (the run, its state)."""
+    resume_dir = resolve_resume(args)
+    check_resume(args, accelerator, resume_dir)
+    # 3. data (a missing smoke corpus synthesized first when asked): features and labels computed once (the
+    # main process first, the others read its cache)
+    synthesize_missing_corpus(args, accelerator)
     data = build_data(args, accelerator)
     # 4. model (its shape from the checkpoint when resuming), sizes, selector, DMAO
     run = build_run(args, accelerator, data, resume_dir)
@@ -47,8 +67,4 @@ def train(args, accelerator, resume_dir: str | None, callbacks) -> None:
     # 6. resume (weights, optimizer, scheduler, RNG, selector, DMAO, position in the data); trackers, run info
     state = resume(run)
     start_tracking(run)
-    # 7. the training loop: stage 1, the stage boundary (masks frozen), stage 2
-    TrainingLoop(run, state, CallbackList(callbacks)).train()
-    # 8. final evaluation; model, processor, selector scores and results in final/
-    save_final(run, state)
-    finish(run)
+    return run, state

@@ -99,6 +99,29 @@ def clear_run_entries(output_dir: str) -> list[str]:
     return removed
 
 
+def undo_failed_start(output_dir: str) -> list[str]:
+    """A run that started in an empty folder failed before its training loop (no checkpoint to resume, data,
+    model): remove what it wrote (its entries only, never the lock it holds), so the same command can be run
+    again without --overwrite_output_dir or hand-deleting; -> the names removed. A folder holding a checkpoint
+    or final/ is never touched (the caller runs this only for a folder it found empty)."""
+    if has_complete_run_state(output_dir):
+        return []
+    own, _ = folder_contents(output_dir)
+    removed = [n for n in own if n != LOCK]
+    for name in removed:
+        path = os.path.join(output_dir, name)
+        if RUN_ENTRIES.get(name, False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+    logger.warning("the run failed before training began; removed what it wrote in %s (%s), so the same command "
+                   "can be run again", output_dir, ", ".join(removed) or "nothing")
+    return removed
+
+
 # --- the lock ---------------------------------------------------------------------------------------------
 
 

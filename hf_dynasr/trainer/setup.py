@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
+from hf_dynasr.data.synthesis import MissingToolError, synthesize_corpus
 from hf_dynasr.dmao import DMAO
 from hf_dynasr.json_io import write_json
 from hf_dynasr.models.dynasr import DynaSRConfig, DynaSRForCTC
@@ -84,7 +85,7 @@ def build_accelerator(args: TrainArgs) -> Accelerator:
         mixed_precision=args.mixed_precision,
         step_scheduler_with_optimizer=False,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=None if args.report_to == ["none"] else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
@@ -126,6 +127,31 @@ def make_output_dir(args: TrainArgs, accelerator: Accelerator, previous: bool) -
     accelerator.wait_for_everyone()
     set_seed(args.seed)
     return lock
+
+
+def synthesize_missing_corpus(args: TrainArgs, accelerator: Accelerator) -> None:
+    """--synthesize_missing_corpus N: when --train_data is `audiofolder:DIR` and DIR has no train/metadata.csv,
+    the main process synthesizes an N-utterance espeak-ng / flite corpus there (seed --seed; a partial one is
+    completed) and says so in the log; the other processes wait. A SystemExit names a missing speech tool."""
+    kind, _, folder = args.train_data.partition(":")
+    if not args.synthesize_missing_corpus or kind != "audiofolder":
+        return
+    if os.path.isfile(os.path.join(folder, args.train_split, "metadata.csv")):
+        return
+    refusal = None
+    if accelerator.is_main_process:
+        logger.warning("--train_data %s: %s holds no corpus; synthesizing %d utterances there "
+                       "(--synthesize_missing_corpus; the same as python scripts/synthesize_corpus.py --output_dir %s "
+                       "--num_utterances %d --seed %d)", args.train_data, folder, args.synthesize_missing_corpus,
+                       folder, args.synthesize_missing_corpus, args.seed)
+        try:
+            summary = synthesize_corpus(folder, args.synthesize_missing_corpus, seed=args.seed)
+            logger.info("synthesized %s in %.0f s: %s", folder, summary["wall_s"],
+                        ", ".join(f"{split} {row['utterances']}" for split, row in summary["splits"].items()))
+        except (MissingToolError, ValueError) as err:
+            refusal = f"error: --synthesize_missing_corpus: {err}"
+    if any_rank_failed(accelerator, refusal is not None):
+        raise SystemExit(refusal or "error: the main process could not synthesize the corpus (see its message)")
 
 
 def build_run(args: TrainArgs, accelerator: Accelerator, data: TrainData, resume_dir: str | None = None) -> Run:
@@ -183,8 +209,8 @@ def prepare(run: Run) -> None:
         [{"params": run.model.parameters()}, {"params": selector_params, "weight_decay": 0.0}],
         lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon, betas=(0.9, args.adam_beta2),
         fused=run.accelerator.device.type in ("cpu", "cuda"))
-    scheduler = build_scheduler(optimizer, args.lr_scheduler, args.max_steps,
-                                warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction,
+    scheduler = build_scheduler(optimizer, args.lr_scheduler_type, args.max_steps,
+                                warmup_fraction=args.warmup_ratio, decay_fraction=args.decay_fraction,
                                 floor_factor=args.lr_floor)
     if run.data.prepared_by_accelerate:
         run.model, run.optimizer, run.data.loader, run.scheduler = run.accelerator.prepare(
