@@ -300,3 +300,25 @@ def test_docs_cli_lists_every_training_option():
     text = (Path(REPO) / "docs" / "cli.md").read_text()
     missing = [f.name for f in fields(TrainArgs) if f"`{f.name}`" not in text]
     assert not missing, missing
+
+
+def test_a_checkpoint_recorded_under_the_old_names_resumes_under_the_new(tmp_path):
+    """A checkpoint's trainer_state.json written before the rename records lr_scheduler / warmup_fraction: they are
+    compared as lr_scheduler_type / warmup_ratio (equal values pass, another value is refused naming the new name)."""
+    from types import SimpleNamespace
+
+    from hf_dynasr.trainer.options import RENAMED_OPTIONS, TRAJECTORY_OPTIONS
+    from hf_dynasr.trainer.resume_check import check_resume
+
+    args = parse_args(["--lr_scheduler_type", "warmup_stable_decay", "--warmup_ratio", "0.1"])
+    old_names = {new: old for old, new in RENAMED_OPTIONS.items()}
+    recorded = {old_names.get(name, name): getattr(args, name) for name in TRAJECTORY_OPTIONS}
+    assert "warmup_fraction" in recorded and "warmup_ratio" not in recorded
+    checkpoint = tmp_path / "step_4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"training_args": recorded}))
+    accelerator = SimpleNamespace(num_processes=1, mixed_precision="no")
+    check_resume(args, accelerator, str(checkpoint))  # the same options under their new names: accepted
+    changed = parse_args(["--lr_scheduler_type", "warmup_stable_decay", "--warmup_ratio", "0.2"])
+    with pytest.raises(SystemExit, match=r"--warmup_ratio is 0.2 but the checkpoint .*step_4 was trained with 0.1"):
+        check_resume(changed, accelerator, str(checkpoint))
