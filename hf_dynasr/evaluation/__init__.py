@@ -18,7 +18,8 @@ from hf_dynasr.evaluation.inference import (
     transcribe_batch,
 )
 from hf_dynasr.evaluation.latency import LATENCY_TABLE_NAME, latency_table, machine_info, measure_latency
-from hf_dynasr.evaluation.reports import format_count, plot_pareto, results_markdown, samples_markdown
+from hf_dynasr.evaluation.reports import (format_count, plot_pareto, plot_training_curve, results_markdown,
+                                          samples_markdown)
 from hf_dynasr.evaluation.scoring import normalize_for_scoring, wer_cer
 from hf_dynasr.evaluation.sizes import evaluate_sizes
 
@@ -34,6 +35,7 @@ __all__ = [
     "normalize_for_scoring",
     "pick_subnet",
     "plot_pareto",
+    "plot_training_curve",
     "results_markdown",
     "samples_markdown",
     "size_costs",

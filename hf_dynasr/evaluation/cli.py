@@ -13,7 +13,8 @@ import torch
 from transformers import AutoProcessor
 
 from hf_dynasr.data import load_speech_dataset
-from hf_dynasr.evaluation import evaluate_checkpoint, latency_table, plot_pareto, results_markdown, samples_markdown
+from hf_dynasr.evaluation import (evaluate_checkpoint, latency_table, plot_pareto, plot_training_curve,
+                                  results_markdown, samples_markdown)
 from hf_dynasr.evaluation import reproduction, sets
 from hf_dynasr.json_io import write_json
 from hf_dynasr.lm import load_lm_decoder
@@ -28,7 +29,11 @@ EVALUATE_USAGE = """Evaluate every size of an hf_dynasr checkpoint: WER, CER, pa
         audiofolder:data/demo_heldout/heldout_engine audiofolder:data/demo_heldout/telephone   # a column per set
 
 Writes OUTPUT_DIR/results.json, results.md (a markdown table) and pareto.png (WER vs params and vs FLOPs;
---baselines JSON adds individually trained models: {name: {num_parameters, flops, wer}}).
+--baselines JSON adds individually trained models: {name: {num_parameters, flops, wer}}; with --lm also the
+LM's WER), and training_curve.png when the checkpoint is a run's final/ (loss, dev WER/CER and learning rate
+vs step, from its training_results.json). OUTPUT_DIR defaults to eval/ beside a run's final/ (runs/demo/final
+-> runs/demo/eval, where the export command of the README reads results.json), CHECKPOINT/eval for any other
+local folder, and eval/NAME for a Hub id.
 `dynasr-evaluate` is the same command.
 """
 
@@ -49,7 +54,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="measure batch-1 latency per size and write latency_table.json beside the checkpoint")
     p.add_argument("--no_normalize", action="store_true", help="score raw text (default: normalised)")
     p.add_argument("--baselines", help="JSON of individually trained baselines to draw on the Pareto plot")
-    p.add_argument("--output_dir", default=None, help="where to write results (default: the checkpoint dir)")
+    p.add_argument("--output_dir", default=None, help="where to write results (default: RUN/eval for a "
+                   "checkpoint RUN/final, CHECKPOINT/eval for another local folder, eval/NAME for a Hub id)")
     p.add_argument("--lm", default=None, help="LM folder of scripts/build_lm.py: also report lexicon + n-gram LM "
                    "beam search WER per size (needs pip install flashlight-text)")
     p.add_argument("--lm_weight", type=float, default=None, help="LM weight (default: the LM folder's)")
@@ -97,9 +103,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def default_output_dir(checkpoint: str) -> str:
+    """Where evaluate writes without --output_dir: eval/ beside a run's final/ (RUN/final -> RUN/eval), eval/ inside
+    any other local checkpoint folder, eval/NAME (NAME: the Hub id's last part) in the working folder."""
+    if os.path.isdir(checkpoint):
+        folder = os.path.normpath(checkpoint)
+        if os.path.basename(folder) == "final":
+            return os.path.join(os.path.dirname(folder), "eval")
+        return os.path.join(folder, "eval")
+    return os.path.join("eval", checkpoint.rstrip("/").split("/")[-1])
+
+
 def _write_sets(args, results: dict) -> None:
     """results_sets.json and results_sets.md (CER and WER, a column per set) in --output_dir; also to stdout."""
-    out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
+    out = args.output_dir or default_output_dir(args.checkpoint)
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results_sets.json"), results)
     table = sets.sets_markdown(results, "cer") + "\n" + sets.sets_markdown(results, "wer")
@@ -119,9 +136,9 @@ def _print_latency_table(args) -> None:
 
 
 def _write_results(args, results: dict, decoder) -> None:
-    """results.json, results.md and pareto.png in --output_dir (default: the checkpoint folder); the tables
-    also go to stdout."""
-    out = args.output_dir or (args.checkpoint if os.path.isdir(args.checkpoint) else ".")
+    """results.json, results.md, pareto.png and (for a run's checkpoint) training_curve.png in --output_dir
+    (default: `default_output_dir`); the tables also go to stdout."""
+    out = args.output_dir or default_output_dir(args.checkpoint)
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results.json"), results)
     table = results_markdown(results)
@@ -131,13 +148,18 @@ def _write_results(args, results: dict, decoder) -> None:
         f.write(table + ("\n" + samples if samples else ""))
     os.replace(markdown + ".tmp", markdown)
     plot_pareto(results, os.path.join(out, "pareto.png"), baselines=args.baselines)
+    written = ["results.md", "pareto.png"]
+    training = os.path.join(args.checkpoint, "training_results.json")
+    if os.path.isfile(training):
+        plot_training_curve(training, os.path.join(out, "training_curve.png"))
+        written.append("training_curve.png")
     print(table)
     if samples:
         print(samples)
     if decoder is not None:
         print(f"LM beam search: {decoder.decode_seconds:.2f} s for {decoder.decoded_frames} output frames "
               f"(all sizes), lm_weight={decoder.options['lm_weight']}, word_score={decoder.options['word_score']}")
-    print(f"wrote {os.path.join(out, 'results.json')}, results.md, pareto.png")
+    print(f"wrote {os.path.join(out, 'results.json')}, {', '.join(written)}")
 
 
 def reproduce_parser() -> argparse.ArgumentParser:
@@ -154,10 +176,16 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=defaults.parallel, help="runs at a time")
     p.add_argument("--threads", type=int, default=defaults.threads, help="torch threads per run")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
-    p.add_argument("--report_only", action="store_true", help="only rebuild the JSON and the docs")
+    p.add_argument("--report_only", action="store_true", help="train nothing: only rebuild the results JSON and "
+                   "the report from finished and recorded runs (seconds)")
+    p.add_argument("--report_dir", default=defaults.report_dir, help="where the report goes: reproduction.json, "
+                   ".md and .png (default: %(default)s, not tracked)")
+    p.add_argument("--write_docs", action="store_true", help=f"write the tracked {reproduction.TRACKED_RESULTS} and "
+                   f"{reproduction.TRACKED_DOC} (+ .png) instead of --report_dir")
     p.add_argument("--list", action="store_true", help="print the run matrix and exit")
-    p.add_argument("--results", default=defaults.results)
-    p.add_argument("--doc", default=defaults.doc)
+    p.add_argument("--results", default=None, help="results JSON to write (overrides --report_dir / --write_docs)")
+    p.add_argument("--doc", default=None, help="markdown report to write, its plot beside it (overrides "
+                   "--report_dir / --write_docs)")
     return p
 
 
@@ -178,7 +206,7 @@ def reproduce_main(argv: list[str] | None = None, command: str = "dynasr-reprodu
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {opts.results} and {opts.doc} ({len(record['runs'])} runs)")
+    print("wrote {} and {} ({} runs)".format(*reproduction.output_paths(opts), len(record["runs"])))
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; logs in {opts.output_dir}/", file=sys.stderr)
         return 1

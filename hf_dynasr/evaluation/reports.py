@@ -1,7 +1,9 @@
-"""Reports of evaluation results: markdown tables, sample transcripts, Pareto plots, count formatting.
+"""Reports of evaluation results: markdown tables, sample transcripts, Pareto plots, training curves, count
+formatting.
 
-    from hf_dynasr.evaluation.reports import results_markdown, plot_pareto
+    from hf_dynasr.evaluation.reports import results_markdown, plot_pareto, plot_training_curve
     print(results_markdown(results)); plot_pareto(results, "pareto.png")   # results: evaluate_checkpoint's
+    plot_training_curve("runs/demo/final/training_results.json", "training_curve.png")
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ def format_count(n: float | int | None, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _pct(x) -> str:
@@ -102,9 +108,13 @@ def plot_pareto(results: Mapping | Iterable[Mapping], path, baselines=None, titl
             if not pts:
                 continue
             name = res.get("dataset") or "supernet"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"hf_dynasr supernet ({name})")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"hf_dynasr supernet ({name}), greedy")
             for x, y, n in pts:
                 ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            lm = sorted((s[key] / scale, 100 * s["lm_wer"]) for s in res["sizes"].values()
+                        if _finite(s.get("lm_wer")) and s.get(key) is not None)
+            if lm:  # results of evaluate_model.py --lm: the beam search with the n-gram LM beside the greedy line
+                ax.plot([p[0] for p in lm], [p[1] for p in lm], "^-", label=f"with n-gram LM ({name})")
         rows = [b for b in _baseline_rows(baselines) if b.get(key) is not None and b.get("wer") is not None]
         if rows:
             rows.sort(key=lambda b: b[key])
@@ -118,6 +128,49 @@ def plot_pareto(results: Mapping | Iterable[Mapping], path, baselines=None, titl
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    path = os.fspath(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _curve(history: list[dict], key: str) -> tuple[list, list]:
+    points = [(r["step"], r[key]) for r in history if _finite(r.get(key))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_training_curve(training_results, path) -> str:
+    """Training loss of every size, dev WER/CER of every size and the learning rate against the update step, from a
+    run's `final/training_results.json` (a path or its content): its history (every logged step and every
+    --eval_steps evaluation, over all resumed segments) and the final evaluation."""
+    import matplotlib  # optional and slow to import: only plots need it
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    record = read_json(training_results) if isinstance(training_results, (str, os.PathLike)) else training_results
+    history = list(record.get("history") or [])
+    final = {f"eval/{name}/{k}": r[k] for name, r in (record.get("eval") or {}).items() for k in ("wer", "cer")
+             if _finite(r.get(k))}
+    if final and record.get("steps") is not None:
+        history.append({"step": record["steps"], **final})
+    keys = sorted({k for r in history for k in r})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    panels = ((axes[0], [k for k in keys if k.startswith("loss/")], "CTC loss", 1.0),
+              (axes[1], [k for k in keys if k.startswith("eval/")], "dev error %", 100.0),
+              (axes[2], ["lr"] if "lr" in keys else [], "learning rate", 1.0))
+    for ax, names, label, scale in panels:
+        for key in names:
+            steps, values = _curve(history, key)
+            ax.plot(steps, [scale * v for v in values], "o-" if len(steps) < 30 else "-", markersize=3,
+                    label=key.removeprefix("loss/").removeprefix("eval/").replace("/", " "))
+        if not names:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("update step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if names and names != ["lr"]:
+            ax.legend(fontsize=8)
     path = os.fspath(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)

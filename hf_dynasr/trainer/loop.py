@@ -48,6 +48,17 @@ class LoopState:
     start_time: float = field(default_factory=time.time)  # moved back by elapsed_before when resumed
     elapsed_before: float = 0.0  # training time (s) of the segments before a resume
 
+    def record_eval(self, results: dict) -> None:
+        """Dev WER/CER of every size into the history (the training curve's points): on this step's logged
+        record, or a record of its own when the step logged none."""
+        scores = {f"eval/{name}/{k}": r[k] for name, r in results.items() for k in ("wer", "cer") if k in r}
+        if not scores:
+            return
+        if self.history and self.history[-1]["step"] == self.step:
+            self.history[-1].update(scores)
+        else:
+            self.history.append({"step": self.step, **scores})
+
     def trainer_state(self) -> dict:
         """What a checkpoint's trainer_state.json records: the position, the counters, and what accumulates
         over resumed segments (history, subnet choices, audio seconds). Only what the run computes, so a
@@ -266,7 +277,8 @@ class TrainingLoop:
             state.choices.check(run.accelerator, state.step)
             self.log(losses)
         if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
-            run_eval(run.accelerator, run.unwrapped, run.data, state.step, args.per_device_eval_batch_size)
+            state.record_eval(run_eval(run.accelerator, run.unwrapped, run.data, state.step,
+                                       args.per_device_eval_batch_size))
         if args.save_steps and state.step % args.save_steps == 0:
             self.checkpoint()
 

@@ -5,6 +5,11 @@ from peak/100 to the peak over the first ~45 % of training, linearly back down t
 ~45 % (peak/10 in the TED-LIUM configs of papers 2 and 3: `floor_factor`), then linearly to 1e-8 over the
 last ~10 %. Fractions (not step counts) let a short CPU run and a
 30-epoch LibriSpeech run share the config keys.
+
+Because the schedule is a function of max_steps, a resume with another --max_steps would re-stretch it mid-run
+(the learning rate jumping to where the longer schedule stands): such a resume is refused naming both values
+(max_steps is one of `options.TRAJECTORY_OPTIONS`); to train further, start a new run in another --output_dir
+(`--init_from` a checkpoint starts it from those weights, with a schedule of its own).
 """
 
 from __future__ import annotations
