@@ -2,6 +2,7 @@
 
 Usage:
     python scripts/benchmark.py --suite speed        # every suite below in one run, plus the headline ratios
+                                                     # (about 3-5 minutes on a 2-core CPU; one suite: under 2)
     python scripts/benchmark.py --suite encoder      # our encoder vs ParakeetForCTC at equal dimensions
     python scripts/benchmark.py --suite training     # step throughput, GFLOP/s vs matmul peak, data share
     python scripts/benchmark.py --suite supernet     # stage-1/stage-2 step vs the sum of standalone steps
@@ -13,6 +14,8 @@ Usage:
                                                      # update (about 15 minutes)
 
 Every comparison is measured side by side in one run (same threads, same input), as a median of repeats.
+Each run rewrites the suite's benchmarks/results/<suite>.json and docs/benchmarks.md (both tracked: commit them
+with the change they measure).
 """
 
 from __future__ import annotations

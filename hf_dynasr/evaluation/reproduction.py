@@ -2,19 +2,27 @@
 
 Every run trains on the same synthesized corpus with the same number of updates, batch size and schedule
 (the configs in training/configs/repro/), is evaluated on the test split's unseen sentences, and lands in
-benchmarks/results/reproduction.json; docs/reproduction.md and docs/reproduction.png are rebuilt from it.
+a results JSON from which the report (markdown + plot) is rebuilt. The report goes to --report_dir
+(runs/repro/report/: reproduction.json, reproduction.md, reproduction.png); only --write_docs updates the tracked
+benchmarks/results/reproduction.json, docs/reproduction.md and docs/reproduction.png. Runs recorded in the tracked
+results whose folders are gone are kept as recorded, with the corpus they were trained on.
 Paths are relative to the repository root (`python scripts/reproduce.py` runs there; `dynasr-reproduce` runs
 in the current directory).
 
     python scripts/reproduce.py                        # every run (2 at a time, 1 thread each), then the report
     python scripts/reproduce.py --runs baseline_full_s0,stk_module_s0   # only these (others keep their results)
-    python scripts/reproduce.py --report_only          # rebuild the JSON and the docs from finished runs
+    python scripts/reproduce.py --report_only          # rebuild the report (runs/repro/report/) from finished runs
+    python scripts/reproduce.py --report_only --write_docs   # ... into docs/ and benchmarks/results/ (tracked)
     python scripts/reproduce.py --list                 # the run matrix
 
 Finished runs (runs/repro/NAME/eval/results.json) are skipped unless --force; runs recorded in the results
 file whose folder is gone are kept as recorded (each entry names the commit, date and machine it ran on).
 The second seed of the best supernet method is chosen after every seed-0 supernet has finished (lowest mean
 CER over its sizes).
+
+Duration on a 2-core CPU: the 14 recorded runs trained 2.5 hours in total, so the matrix takes about 1.5 hours of
+wall time 2 runs at a time, plus synthesizing the corpus and evaluating each run (docs/reproduction.md gives each
+run's training time); --report_only takes seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ BASELINES = ["baseline_small", "baseline_medium", "baseline_full"]
 SUPERNETS = ["stk_module", "izo_module", "ortho_params_module", "ortho_params_component",
              "ortho_flops_module", "ortho_flops_component"]
 BEST = "best_supernet"  # placeholder run: the best seed-0 supernet method, trained again with seed 1
+TRACKED_RESULTS = os.path.join("benchmarks", "results", "reproduction.json")  # what --write_docs updates
+TRACKED_DOC = os.path.join("docs", "reproduction.md")
+REPORT_DIR = os.path.join("runs", "repro", "report")  # the default output: not tracked
 
 
 @dataclass
@@ -56,8 +67,28 @@ class ReproduceOptions:
     threads: int = 1
     force: bool = False
     report_only: bool = False
-    results: str = "benchmarks/results/reproduction.json"
-    doc: str = "docs/reproduction.md"
+    report_dir: str = REPORT_DIR
+    write_docs: bool = False
+    results: str | None = None  # the results JSON written (default: report_dir's, or the tracked one with write_docs)
+    doc: str | None = None  # the markdown report written (its plot beside it, .png)
+
+
+def output_paths(opts: ReproduceOptions) -> tuple[str, str]:
+    """(results JSON, markdown report) that `reproduce` writes: --results / --doc, else the tracked files with
+    --write_docs, else reproduction.json / reproduction.md in --report_dir."""
+    if opts.write_docs:
+        return opts.results or TRACKED_RESULTS, opts.doc or TRACKED_DOC
+    return (opts.results or os.path.join(opts.report_dir, "reproduction.json"),
+            opts.doc or os.path.join(opts.report_dir, "reproduction.md"))
+
+
+def previous_record(opts: ReproduceOptions) -> dict | None:
+    """The recorded runs to keep: the results file written, else (when --results is not given) the tracked one."""
+    results, _ = output_paths(opts)
+    for path in (results, *([TRACKED_RESULTS] if opts.results is None else [])):
+        if os.path.exists(path):
+            return read_json(path)
+    return None
 
 
 def run_matrix() -> list[tuple[str, str, int]]:
@@ -92,19 +123,24 @@ def reproduce(opts: ReproduceOptions, command: str) -> tuple[dict, list[str]]:
         selected = [r for r in run_matrix()
                     if r[0] in wanted and (opts.force or not done(os.path.join(opts.output_dir, r[0])))]
         failed = run_all(opts, selected)
-    previous = read_json(opts.results) if os.path.exists(opts.results) else None
+    previous = previous_record(opts)
+    # a report of recorded runs keeps their corpus: --corpus (or its default) names it only when runs trained now
+    corpus = opts.corpus if (previous is None or not opts.report_only) else previous.get("corpus", opts.corpus)
     record = {
         "command": command,
-        "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "date": _now(),
         "machine": _machine(),
-        "corpus": opts.corpus, "corpus_hours": corpus_hours(opts.corpus, previous),
+        "corpus": corpus, "corpus_hours": corpus_hours(corpus, previous),
         "parallel": opts.parallel, "threads_per_run": opts.threads,
         "runs": collect(opts, previous),
     }
-    os.makedirs(os.path.dirname(opts.results) or ".", exist_ok=True)
-    write_json(opts.results, record)
-    write_report(record, opts.doc)
+    results, doc = output_paths(opts)
+    for path in (results, doc):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_json(results, record)
+    write_report(record, doc)
     return record, failed
 
 

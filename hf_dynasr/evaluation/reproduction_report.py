@@ -217,9 +217,10 @@ def write_report(record: dict, doc_path: str) -> None:
         lines += ["## Plot", "", f"![CER vs parameters]({os.path.basename(png)})", ""]
     lines += ["## Every run", "", *supernet_table(runs, base), "",
               "## Commands", "", "```bash",
-              "python scripts/reproduce.py                # all runs that have no result yet, then this page",
-              "python scripts/reproduce.py --report_only  # this page and the JSON from the finished runs",
-              "python scripts/reproduce.py --list         # the run matrix", "```", ""]
+              "python scripts/reproduce.py --write_docs               # all runs with no result yet, then this page",
+              "python scripts/reproduce.py --report_only --write_docs  # this page and the JSON from finished runs",
+              "python scripts/reproduce.py --report_only              # the same into runs/repro/report/ (untracked)",
+              "python scripts/reproduce.py --list                      # the run matrix", "```", ""]
     tmp = doc_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
