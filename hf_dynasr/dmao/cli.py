@@ -25,6 +25,8 @@ per module) and, failing that, shown as raw sizes (hidden units / heads / channe
 Writes a PNG (matplotlib, Agg backend) and a markdown summary next to it (same name, .md), which is also
 printed: which modules grew, shrank or vanished, per block and in total.
 
+    # a DMAO run to plot (the smoke model, one event halfway, under a minute on a CPU):
+    python training/train.py --config training/configs/smoke.yaml --output_dir runs/dmao --dmao '{"events": [0.5]}'
     python scripts/plot_architecture.py --run_dir runs/dmao      # writes runs/dmao/dmao_architecture.{png,md}
     python scripts/plot_architecture.py --events runs/dmao/dmao_events.jsonl --output arch.png [--config config.json]
 """

@@ -223,9 +223,11 @@ class DMAO:
         self._scores, self._seen = self._scores[order].clone(), self._seen[order].clone()
         self.events_done += 1
         report = self._report(plan, old_index, old_spec, new_spec, sources, params_before, model, step)
-        logger.info("DMAO event %d at step %s: dropped %d units, grew %d; params %d -> %d\n%s",
-                    self.events_done, report["step"], len(plan["dropped"]), len(plan["grown"]),
-                    params_before, report["params_after"], architecture_table(new_spec, self._unit_cfg))
+        logger.info("DMAO event %d at step %s: dropped %d units, grew %d; params %d -> %d (%+d: the budget is fixed "
+                    "up to one unit, the added cost ends within %d of the removed)\n%s",
+                    self.events_done, report["step"], len(plan["dropped"]), len(plan["grown"]), params_before,
+                    report["params_after"], report["param_change"], report["budget_tolerance"],
+                    architecture_table(new_spec, self._unit_cfg))
         return report
 
     def _plan(self) -> dict:
@@ -242,7 +244,10 @@ class DMAO:
             i = ranked[len(grown) % len(ranked)]
             grown.append(i)
             added += costs[i]
-        return {"dropped": dropped, "grown": grown, "budget": budget, "removed": removed, "added": added}
+        # the budget's tolerance: growth stops at the first unit that brings the added cost to >= the removed cost,
+        # so the count changes by 0 <= added - removed < that unit's cost <= the costliest movable unit's
+        return {"dropped": dropped, "grown": grown, "budget": budget, "removed": removed, "added": added,
+                "tolerance": max(costs[i] for i in movable)}
 
     def _drop(self, movable, costs, target) -> tuple[list[int], int]:
         """Lowest-scored units until the removed cost reaches `target` (at least one movable unit stays)."""
@@ -328,6 +333,8 @@ class DMAO:
             "added_cost": int(plan["added"]),
             "params_before": int(params_before),
             "params_after": int(sum(p.numel() for p in model.parameters())),
+            "param_change": int(plan["added"] - plan["removed"]),
+            "budget_tolerance": int(plan["tolerance"]),
         }
 
     # --- checkpointing ---------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ export folder; `hf_dynasr.export.hub` re-renders them with the real repository i
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import math
 import os
@@ -35,6 +34,17 @@ TAGS = ["hf_dynasr", "ctc", "conformer", "supernet", "automatic-speech-recogniti
 PIPELINE_TAG = "automatic-speech-recognition"
 TEMPLATE_ENV = "HF_DYNASR_CARD_TEMPLATES"
 _SECRET = re.compile(r"token|secret|password|passwd|credential|auth|api_key", re.IGNORECASE)
+# records of training_results.json that check the run (per-process checksums and digests) or repeat the results
+# (history, eval): not training details
+_RUN_RECORDS = frozenset({"rank_weight_checksums", "subnet_choices", "history", "eval"})
+#: labels of the training details a card shows first, in this order; other keys follow under their own names
+TRAINING_LABELS = {
+    "method": "Supernet method", "train_data": "Training data", "dataset": "Training data", "steps": "Updates",
+    "max_steps": "Updates", "dmao": "DMAO", "learning_rate": "Peak learning rate", "lr_scheduler_type":
+    "Learning-rate schedule", "warmup_ratio": "Warm-up fraction", "max_batch_seconds": "Audio per batch (s)",
+    "num_processes": "Processes", "mixed_precision": "Mixed precision", "wall_time_s": "Training time",
+    "nonfinite_steps_skipped": "Non-finite updates skipped", "seed": "Seed",
+}
 
 
 def template_dir(path=None) -> Path:
@@ -76,7 +86,7 @@ def clean_training_details(training: Mapping | None) -> dict:
     """Training details safe to publish: JSON scalars and short lists only, never anything secret-like."""
     out = {}
     for key, value in (training or {}).items():
-        if _SECRET.search(str(key)):
+        if _SECRET.search(str(key)) or key in _RUN_RECORDS:
             continue
         if isinstance(value, Mapping):
             value = clean_training_details(value)
@@ -228,19 +238,51 @@ def _components_section(config, rows: list[dict], only: str | None = None) -> st
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _empty(value) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _setting(key: str, value) -> str:
+    """A training detail as table text: no JSON, durations in minutes, mappings as `key: value` pairs."""
+    if key == "wall_time_s" and isinstance(value, (int, float)):
+        return f"{value / 60:.1f} min"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_setting(k, v)}" for k, v in value.items() if not _empty(v))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting(key, v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def _training_section(training: Mapping) -> str:
+    """Method / schedule / data as bullets, then a two-column table of the other settings (unset ones left out)."""
+    training = {k: v for k, v in training.items() if not _empty(v)}
     if not training:
         return "Training details were not recorded with this checkpoint."
     lines = []
     for key, label in (("method", "Method"), ("schedule", "Schedule"), ("data", "Data")):
-        if training.get(key) not in (None, "", [], {}):
-            value = training[key]
-            lines.append(f"- **{label}:** {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        if key in training:
+            lines.append(f"- **{label}:** {_setting(key, training[key])}")
     rest = {k: v for k, v in training.items() if k not in ("method", "schedule", "data")}
-    if rest:
+    ordered = [k for k in TRAINING_LABELS if k in rest] + [k for k in rest if k not in TRAINING_LABELS]
+    if ordered:
         lines += ["", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in rest.items()]
-    return "\n".join(lines)
+        lines += [f"| {TRAINING_LABELS.get(k, f'`{k}`')} | {_setting(k, rest[k])} |" for k in ordered]
+    return "\n".join(lines).lstrip("\n")
+
+
+def _card_datasets(datasets, training: Mapping, evals: list[dict]) -> list[str]:
+    """Hub dataset ids for the metadata: `datasets`, then the training data and eval sets that are Hub datasets."""
+    found = [*(datasets or []), *([training["dataset"]] if isinstance(training.get("dataset"), str) else [])]
+    for spec in (training.get("train_data"), *(r.get("dataset") for r in evals)):
+        if isinstance(spec, str) and spec.startswith("hub:"):  # a local corpus has no Hub id
+            found.append(spec.removeprefix("hub:"))
+    return list(dict.fromkeys(found))
 
 
 def _architecture(config) -> str:
@@ -265,6 +307,9 @@ def render_model_card(
     datasets: list[str] | None = None,
     template_path=None,
     language_model: Mapping | None = None,
+    language: str | list[str] | None = "en",
+    local_path: str | None = None,
+    local_supernet: str | None = None,
 ):
     """The model card (`huggingface_hub.ModelCard`) of the supernet (`size=None`) or of one size.
 
@@ -272,29 +317,33 @@ def render_model_card(
     `supernet_repo`: the supernet's repo (size cards); `revision`: the branch of a size (branch layout);
     `results`: evaluation results (see `load_results`); `size_refs`: {size: "org/name-40M" or
     "org/name@40M"} listed on the supernet card; `language_model`: `hf_dynasr.lm.build.lm_summary` of a shipped LM;
-    `onnx`: the folder ships ONNX files (True) or their `onnx_report.json` (a dict: also latency and WER/CER)."""
+    `onnx`: the folder ships ONNX files (True) or their `onnx_report.json` (a dict: also latency and WER/CER).
+    `language`: the metadata's language (the character vocabulary and every recipe are English; None: left out).
+    Without `repo_id` the card is a local one: its snippets load `local_path` (this folder) and name the supernet by
+    `local_supernet` (its folder), with no Hub link and no placeholder; push_to_hub renders it again with the ids."""
     evals = load_results(results)
     training = clean_training_details(training)
     rows = _size_rows(supernet_config, evals)
     names = [r["name"] for r in rows]
     if size is not None and size not in names:
         raise ValueError(f"unknown size {size!r}; available: {', '.join(names)}")
-    repo_id = repo_id or "<your-org>/<model>"
-    supernet_repo = supernet_repo or repo_id
-    title_repo = repo_id.split("/")[-1]
-    datasets = list(dict.fromkeys([*(datasets or []), *([training["dataset"]] if isinstance(
-        training.get("dataset"), str) else [])]))
+    local = repo_id is None
+    repo_id = repo_id or local_path or "."
+    local_base = supernet_repo is None and local
+    supernet_repo = supernet_repo or (local_supernet if local else None) or repo_id
+    title_repo = "hf_dynasr supernet" if local else repo_id.split("/")[-1]
+    eval_results = _eval_results(evals, [size] if size else names, per_size_names=size is None)
     data = ModelCardData(
-        license=license, tags=list(TAGS), pipeline_tag=PIPELINE_TAG, library_name="transformers",
-        datasets=datasets or None, model_name=title_repo,
-        eval_results=_eval_results(evals, [size] if size else names, per_size_names=size is None),
-        base_model=supernet_repo if size is not None and is_repo_id(supernet_repo) else None,
+        language=language, license=license, tags=list(TAGS), pipeline_tag=PIPELINE_TAG, library_name="transformers",
+        datasets=_card_datasets(datasets, training, evals) or None, model_name=title_repo,
+        metrics=sorted({r.metric_type for r in eval_results}) if eval_results else None, eval_results=eval_results,
+        base_model=supernet_repo if size is not None and not local_base and is_repo_id(supernet_repo) else None,
     )
     row = next((r for r in rows if r["name"] == size), None)
     context = dict(
         title=title_repo if size is None else f"{title_repo} ({size})",
         repo_id=repo_id, supernet_repo=supernet_repo, revision=revision, size=size,
-        supernet_url=f"https://huggingface.co/{supernet_repo}",
+        supernet_url=None if local_base else f"https://huggingface.co/{supernet_repo}",
         sizes=names, example_size=next((n for n in names if n != FULL), FULL),
         size_table=_size_table(rows, evals, highlight=size), eval_note=_eval_note(evals),
         plot_file=plot_file, onnx=bool(onnx), language_model=language_model,

@@ -131,7 +131,7 @@ def export_subnets(
         card_options = dict(results=evals, training=training, plot_file=PLOT_FILE if plot_src is not None else None,
                             license=license, datasets=datasets, template_path=template_path)
         _write_cards(model.config, folders, names, repo_id, layout, onnx=onnx, lm_info=lm_summary(lm),
-                     **card_options)
+                     local=_local_paths(output_dir, folders, checkpoint), **card_options)
         _replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,17 +207,31 @@ def _write_extras(processor, folder: Path, evals: list[dict], plot_src: Path | N
         shutil.copy2(plot_src, folder / PLOT_FILE)
 
 
+def _local_paths(output_dir: Path, folders: dict, checkpoint) -> dict[str, str]:
+    """What a card without a repository id loads: each exported folder (relative to the working folder when under
+    it) and, as the supernet, its export folder or else the checkpoint it came from."""
+    def shown(path) -> str:
+        path = os.path.abspath(path)
+        return os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+
+    local = {name: shown(output_dir / name) for name in folders}
+    local.setdefault(SUPERNET_DIR, shown(checkpoint) if os.path.isdir(checkpoint) else os.fspath(checkpoint))
+    return local
+
+
 def _write_cards(config, folders: dict[str, Path], names: list[str], repo_id: str | None, layout: str, *,
-                 onnx: bool, lm_info: Mapping | None, **card_options) -> None:
-    """README.md of every folder; with `repo_id`, the cards name each size's repository for `layout`."""
+                 onnx: bool, lm_info: Mapping | None, local: Mapping[str, str], **card_options) -> None:
+    """README.md of every folder; with `repo_id`, the cards name each size's repository for `layout`; without,
+    they load the `local` folders."""
     refs = size_references(repo_id, names, layout) if repo_id else {}
     for name, folder in folders.items():
         if name == SUPERNET_DIR:
             card = render_model_card(config, size=None, repo_id=repo_id, supernet_repo=repo_id,
                                      size_refs={k: format_reference(*v) for k, v in refs.items()},
-                                     onnx=onnx and read_onnx_info(folder), **card_options)
+                                     onnx=onnx and read_onnx_info(folder), local_path=local[name], **card_options)
         else:
             repo, revision = refs.get(name, (repo_id, None))
             card = render_model_card(config, size=name, repo_id=repo, supernet_repo=repo_id, revision=revision,
-                                     onnx=onnx and read_onnx_info(folder), language_model=lm_info, **card_options)
+                                     onnx=onnx and read_onnx_info(folder), language_model=lm_info,
+                                     local_path=local[name], local_supernet=local[SUPERNET_DIR], **card_options)
         card.save(folder / "README.md")
