@@ -90,8 +90,14 @@ def test_dmao_reports_the_parameter_change_within_its_stated_tolerance(dmao_run)
     assert change == event["param_change"] == event["added_cost"] - event["removed_cost"]
     assert 0 <= change < event["budget_tolerance"]
     summary = plot_architecture(["--run_dir", str(dmao_run)])["summary"]
-    assert f"{event['params_before']:,} \u2192 {event['params_after']:,} parameters" in summary
-    assert "the budget is fixed up to one unit" in summary and f"{event['budget_tolerance']:,}" in summary
+    said = f"event 1 at step 4: {event['params_before']:,} \u2192 {event['params_after']:,} parameters"
+    tolerance = f"the budget is fixed up to one unit: added \u2212 removed < {event['budget_tolerance']:,}"
+    assert said in summary and tolerance in summary
+    # the run's results and the card trained from them say it too
+    results = json.loads((dmao_run / "final" / "training_results.json").read_text())
+    assert len(results["dmao_events"]) == 1 and results["dmao_events"][0].startswith(said)
+    card = render_model_card(DynaSRConfig.from_pretrained(dmao_run / "final"), repo_id="org/m", training=results)
+    assert f"| DMAO events | {said}" in card.text and tolerance in card.text
 
 
 def test_pareto_plot_shows_the_lm_results(tmp_path):

@@ -122,23 +122,30 @@ def _unit_description(module: str, sizes) -> str:
     return f"{module}: chunks of {sizes[module]} {module_class.unit_name}"
 
 
-def _budget_lines(events) -> list[str]:
-    """Per event: the parameter change and the budget's tolerance (DMAO drops units until rho x the budget is
-    removed, then grows until at least as much is added: the count grows by less than one unit's cost)."""
+def event_changes(events) -> list[str]:
+    """Per event: the parameter change and the budget's tolerance. DMAO drops units until rho x the budget is removed,
+    then grows until at least as much is added, so the count grows by less than the last grown unit's cost."""
     lines = []
     for e in events:
         if "params_before" not in e or "params_after" not in e:
             continue
         change = e["params_after"] - e["params_before"]
-        line = (f"- event {e.get('event', '?')} at step {e.get('step', '?')}: {e['params_before']:,} \u2192 "
-                f"{e['params_after']:,} parameters ({_signed(change)})")
+        detail = [_signed(change)]
         if "removed_cost" in e and "added_cost" in e:
-            line += f"; removed {e['removed_cost']:,}, added {e['added_cost']:,}"
+            detail.append(f"removed {e['removed_cost']:,}, added {e['added_cost']:,}")
         if "budget_tolerance" in e:
-            line += (f"; the budget is fixed up to one unit: the added cost ends less than one grown unit's cost "
-                     f"(at most {e['budget_tolerance']:,}) above the removed")
-        lines.append(line + ".")
+            detail.append(f"the budget is fixed up to one unit: added \u2212 removed < {e['budget_tolerance']:,}")
+        lines.append(f"event {e.get('event', '?')} at step {e.get('step', '?')}: {e['params_before']:,} \u2192 "
+                     f"{e['params_after']:,} parameters ({'; '.join(detail)})")
     return lines
+
+
+def read_event_changes(path: str) -> list[str]:
+    """`event_changes` of a run's dmao_events.jsonl; [] when the run made no event."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return event_changes([json.loads(line) for line in f if line.strip()])
 
 
 def _summary_header(title: str, events, modules, sizes, origin) -> list[str]:
@@ -150,7 +157,7 @@ def _summary_header(title: str, events, modules, sizes, origin) -> list[str]:
     if "params_before" in first and "params_after" in last:
         delta = last["params_after"] - first["params_before"]
         lines.append(f"Parameters: {first['params_before']:,} \u2192 {last['params_after']:,} ({_signed(delta)}).")
-        lines += _budget_lines(events)
+        lines += [f"- {line}." for line in event_changes(events)]
     if origin == "raw":
         lines.append("Units: raw sizes (no config with chunk sizes was found).")
     else:

@@ -40,10 +40,10 @@ _RUN_RECORDS = frozenset({"rank_weight_checksums", "subnet_choices", "history", 
 #: labels of the training details a card shows first, in this order; other keys follow under their own names
 TRAINING_LABELS = {
     "method": "Supernet method", "train_data": "Training data", "dataset": "Training data", "steps": "Updates",
-    "max_steps": "Updates", "dmao": "DMAO", "learning_rate": "Peak learning rate", "lr_scheduler_type":
-    "Learning-rate schedule", "warmup_ratio": "Warm-up fraction", "max_batch_seconds": "Audio per batch (s)",
-    "num_processes": "Processes", "mixed_precision": "Mixed precision", "wall_time_s": "Training time",
-    "nonfinite_steps_skipped": "Non-finite updates skipped", "seed": "Seed",
+    "max_steps": "Updates", "dmao": "DMAO", "dmao_events": "DMAO events", "learning_rate": "Peak learning rate",
+    "lr_scheduler_type": "Learning-rate schedule", "warmup_ratio": "Warm-up fraction",
+    "max_batch_seconds": "Audio per batch (s)", "num_processes": "Processes", "mixed_precision": "Mixed precision",
+    "wall_time_s": "Training time", "nonfinite_steps_skipped": "Non-finite updates skipped", "seed": "Seed",
 }
 
 
@@ -245,7 +245,7 @@ def _empty(value) -> bool:
 def _setting(key: str, value) -> str:
     """A training detail as table text: no JSON, durations in minutes, mappings as `key: value` pairs."""
     if key == "wall_time_s" and isinstance(value, (int, float)):
-        return f"{value / 60:.1f} min"
+        return f"{value:.0f} s" if value < 60 else f"{value / 60:.1f} min"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -255,7 +255,7 @@ def _setting(key: str, value) -> str:
     if isinstance(value, Mapping):
         return "; ".join(f"{k}: {_setting(k, v)}" for k, v in value.items() if not _empty(v))
     if isinstance(value, (list, tuple)):
-        return ", ".join(_setting(key, v) for v in value)
+        return ("<br>" if key == "dmao_events" else ", ").join(_setting(key, v) for v in value)
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 

@@ -12,6 +12,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
+from hf_dynasr.dmao.report import read_event_changes
 from hf_dynasr.json_io import write_json
 from hf_dynasr.trainer.checkpointing import (DiskFullError, any_rank_failed, disk_full_error, is_disk_full,
                                              list_checkpoints)
@@ -90,6 +91,7 @@ def training_results(run: Run, state: LoopState, results: dict, checksums: list,
             "wall_time_s": time.time() - state.start_time, "num_processes": run.accelerator.num_processes,
             "mixed_precision": run.accelerator.mixed_precision,
             "nonfinite_steps_skipped": state.nonfinite.total,
+            "dmao_events": read_event_changes(os.path.join(run.args.output_dir, "dmao_events.jsonl")) or None,
             "rank_weight_checksums": checksums, "subnet_choices": state.choices.to_dict(digests)}
 
 
