@@ -291,6 +291,18 @@ def _architecture(config) -> str:
             f"{config.frontend_type} frontend (4x subsampling), {config.vocab_size} CTC labels")
 
 
+def _identity(repo_id, supernet_repo, local_path, local_supernet) -> tuple[str, str, str, str | None]:
+    """(this card's model reference, the supernet's, the title, the supernet's Hub URL or None): the repository ids,
+    or without `repo_id` the local folders (no placeholder, no link)."""
+    if repo_id is not None:
+        supernet_repo = supernet_repo or repo_id
+        return repo_id, supernet_repo, repo_id.split("/")[-1], f"https://huggingface.co/{supernet_repo}"
+    here = local_path or "."
+    if supernet_repo is not None:
+        return here, supernet_repo, "hf_dynasr supernet", f"https://huggingface.co/{supernet_repo}"
+    return here, local_supernet or here, "hf_dynasr supernet", None
+
+
 def render_model_card(
     supernet_config,
     *,
@@ -327,23 +339,19 @@ def render_model_card(
     names = [r["name"] for r in rows]
     if size is not None and size not in names:
         raise ValueError(f"unknown size {size!r}; available: {', '.join(names)}")
-    local = repo_id is None
-    repo_id = repo_id or local_path or "."
-    local_base = supernet_repo is None and local
-    supernet_repo = supernet_repo or (local_supernet if local else None) or repo_id
-    title_repo = "hf_dynasr supernet" if local else repo_id.split("/")[-1]
+    repo_id, supernet_repo, title_repo, supernet_url = _identity(repo_id, supernet_repo, local_path, local_supernet)
     eval_results = _eval_results(evals, [size] if size else names, per_size_names=size is None)
     data = ModelCardData(
         language=language, license=license, tags=list(TAGS), pipeline_tag=PIPELINE_TAG, library_name="transformers",
         datasets=_card_datasets(datasets, training, evals) or None, model_name=title_repo,
         metrics=sorted({r.metric_type for r in eval_results}) if eval_results else None, eval_results=eval_results,
-        base_model=supernet_repo if size is not None and not local_base and is_repo_id(supernet_repo) else None,
+        base_model=supernet_repo if size is not None and supernet_url and is_repo_id(supernet_repo) else None,
     )
     row = next((r for r in rows if r["name"] == size), None)
     context = dict(
         title=title_repo if size is None else f"{title_repo} ({size})",
         repo_id=repo_id, supernet_repo=supernet_repo, revision=revision, size=size,
-        supernet_url=None if local_base else f"https://huggingface.co/{supernet_repo}",
+        supernet_url=supernet_url,
         sizes=names, example_size=next((n for n in names if n != FULL), FULL),
         size_table=_size_table(rows, evals, highlight=size), eval_note=_eval_note(evals),
         plot_file=plot_file, onnx=bool(onnx), language_model=language_model,
