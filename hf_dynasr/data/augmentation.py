@@ -17,8 +17,8 @@ The families, each on with its own probability (:class:`AugmentationConfig`), ap
   Gaussian noise with an RT60 from ``reverb_rt60_s`` at a direct-to-reverberant ratio from ``reverb_drr_db``).
 * ``noise``: additive noise at an SNR from ``noise_snr_db``: white, pink or brown noise made here, or babble
   mixed from 3-5 other utterances of the same batch (pink noise when the batch has no other utterance).
-* ``telephone``: a telephone channel: band-pass 300-3400 Hz, resampled through 8 kHz, with probability
-  ``telephone_mu_law`` 8-bit mu-law (G.711) coding, back to 16 kHz.
+* ``telephone``: a telephone channel: resampled through 8 kHz, with probability ``telephone_mu_law`` 8-bit
+  mu-law (G.711) coding, back to 16 kHz and band-passed to 300-3400 Hz.
 * ``gain``: a random gain in ``gain_db``, then the samples clipped to [-1, 1].
 
 SpecAugment (``--spec_augment``) masks the features inside the model and stays available beside these.
@@ -177,11 +177,17 @@ def coloured_noise(n: int, rng: np.random.Generator, exponent: float = 1.0) -> n
     """``n`` samples of unit-RMS noise with power spectrum ~ 1 / f**exponent (0 white, 1 pink, 2 brown)."""
     if n <= 0:
         return np.zeros(0, np.float32)
-    spectrum = np.fft.rfft(rng.standard_normal(n))
+    size = _fft_size(n)
+    spectrum = np.fft.rfft(rng.standard_normal(size))
     freqs = np.arange(spectrum.size, dtype=np.float64)
     freqs[0] = 1.0  # the DC bin keeps the white level instead of an infinite one
-    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), n)
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), size)[:n]
     return (noise / max(float(np.sqrt(np.mean(noise ** 2))), 1e-12)).astype(np.float32)
+
+
+def _fft_size(n: int) -> int:
+    """The power of two >= ``n``: FFTs of arbitrary lengths (large prime factors) cost several times more."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def babble(n: int, others: Sequence[np.ndarray], rng: np.random.Generator, talkers: tuple[int, int] = (3, 5)):
@@ -212,10 +218,11 @@ def add_noise(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
 
 def band_pass(x: np.ndarray, low_hz: float, high_hz: float, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """``x`` with the spectrum outside ``[low_hz, high_hz]`` removed (FFT mask)."""
-    spectrum = np.fft.rfft(np.asarray(x, np.float64))
-    freqs = np.fft.rfftfreq(x.size, 1.0 / sampling_rate)
+    size = _fft_size(x.size)
+    spectrum = np.fft.rfft(np.asarray(x, np.float64), size)
+    freqs = np.fft.rfftfreq(size, 1.0 / sampling_rate)
     spectrum[(freqs < low_hz) | (freqs > high_hz)] = 0.0
-    return np.fft.irfft(spectrum, x.size).astype(np.float32)
+    return np.fft.irfft(spectrum, size)[: x.size].astype(np.float32)
 
 
 def mu_law_round_trip(x: np.ndarray, mu: int = 255) -> np.ndarray:
@@ -227,16 +234,16 @@ def mu_law_round_trip(x: np.ndarray, mu: int = 255) -> np.ndarray:
 
 
 def telephone_channel(x: np.ndarray, sampling_rate: int = SAMPLING_RATE, *, mu_law: bool = False) -> np.ndarray:
-    """A narrow-band telephone channel: band-pass 300-3400 Hz, through 8 kHz (optionally mu-law coded), back
-    to ``sampling_rate`` and band-passed again; the result has no energy above 3.4 kHz. Same length as ``x``."""
-    narrow = resample(band_pass(x, *TELEPHONE_BAND_HZ, sampling_rate), sampling_rate, TELEPHONE_RATE)
+    """A narrow-band telephone channel: through 8 kHz (optionally mu-law coded), back to ``sampling_rate``
+    and band-passed to 300-3400 Hz; the result has no energy above 3.4 kHz. Same length as ``x``."""
+    narrow = resample(x, sampling_rate, TELEPHONE_RATE)  # its low-pass leaves nothing above 4 kHz
     if mu_law:
         peak = float(np.abs(narrow).max()) if narrow.size else 0.0
         scale = 1.0 / peak if peak > 1.0 else 1.0
         narrow = mu_law_round_trip(narrow * scale) / scale
     wide = resample(narrow, TELEPHONE_RATE, sampling_rate)
     wide = np.pad(wide, (0, max(0, x.size - wide.size)))[: x.size]
-    return band_pass(wide, *TELEPHONE_BAND_HZ, sampling_rate)  # the resampler's images above 4 kHz too
+    return band_pass(wide, *TELEPHONE_BAND_HZ, sampling_rate)  # also the resampler's images above 4 kHz
 
 
 def reverberate(x: np.ndarray, rng: np.random.Generator, sampling_rate: int = SAMPLING_RATE, *, rt60_s: float,
@@ -251,7 +258,7 @@ def reverberate(x: np.ndarray, rng: np.random.Generator, sampling_rate: int = SA
     tail *= math.sqrt(10 ** (-drr_db / 10) / max(float(np.sum(tail ** 2)), 1e-12))
     rir = tail
     rir[0] = 1.0
-    size = 1 << math.ceil(math.log2(x.size + length))
+    size = _fft_size(x.size + length)
     wet = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(rir, size), size)[: x.size]
     peak, wet_peak = float(np.abs(x).max()), float(np.abs(wet).max())
     return (wet * (peak / wet_peak if wet_peak > 0 else 1.0)).astype(np.float32)

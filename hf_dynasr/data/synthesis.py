@@ -16,8 +16,8 @@ quoted usage examples in /usr/share/wordnet/data.{noun,verb,adj,adv}, lowercased
 deduplicated. The train, dev and test splits use disjoint sentence sets.
 
 Voices (``hf_dynasr.data.voices``): espeak-ng with 8 English accents x +variants (rate -s 125-200 wpm, pitch
--p 25-75), flite kal/kal16/slt/rms/awb (duration_stretch 0.8-1.25, int_f0_target_mean in a per-voice range; rms
-ignores it; kal speaks at 8 kHz) and festival kal_diphone/ked_diphone/cmu_us_slt_arctic_hts (Duration_Stretch
+-p 25-75), flite kal16/slt/rms/awb (duration_stretch 0.8-1.25, int_f0_target_mean in a per-voice range; rms
+ignores it) and festival kal_diphone/ked_diphone/cmu_us_slt_arctic_hts (Duration_Stretch
 0.8-1.25).
 Every utterance becomes 16 kHz mono 16-bit FLAC peak-normalised to -1 dBFS: with sox (`norm -1`) when it
 needs resampling (espeak-ng speaks 22.05 kHz), in-process with soundfile when it is 16 kHz mono already
