@@ -130,18 +130,20 @@ class DynaSRSelfAttention(GatedModule):
         query = project(self.q_proj, hidden_states)
         key, value = project(self.k_proj, hidden_states), project(self.v_proj, hidden_states)
         implementation = self.config._attn_implementation
-        # additive padding mask [B, 1, 1, T]: padded keys are never attended
-        mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
-        mask = mask.masked_fill(~attention_mask, torch.finfo(query.dtype).min)[:, None, None, :]
-        position_bias = None
+        padded = ~attention_mask[:, None, None, :]  # [B, 1, 1, T]: padded keys are never attended
+        lowest = torch.finfo(query.dtype).min
         if self.relative:
-            position_bias = self.position_scores(query, rows, route.keep, time)  # [B, H, T, T]
+            # the positional scores are a fresh tensor: the padding goes into them in place, and the attention
+            # function gets one additive bias instead of a bias plus a mask to add
+            mask, position_bias = None, self.position_scores(query, rows, route.keep, time).masked_fill_(padded, lowest)
             query = query + select_rows(self.pos_bias_u, route.keep)[None, :, None, :]
-        if implementation == "flex_attention":
-            # flex reads the mask as mask[b][0][q][k], which crashed compiled on CPU (torch 2.13); it reads the
-            # bias as bias[b, h, q, k], so the mask goes into the bias, materialised [B, H, T, T]
-            bias = mask if position_bias is None else position_bias + mask
-            position_bias, mask = bias.expand(batch, query.shape[1], time, time).contiguous(), None
+        else:
+            position_bias = None
+            mask = torch.zeros(padded.shape, dtype=query.dtype, device=query.device).masked_fill_(padded, lowest)
+        if implementation == "flex_attention" and mask is not None:
+            # flex reads a mask as mask[b][0][q][k], which crashed compiled on CPU (torch 2.13); it reads the
+            # bias as bias[b, h, q, k], so the mask goes into a bias, materialised [B, H, T, T]
+            position_bias, mask = mask.expand(batch, query.shape[1], time, time).contiguous(), None
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         context, weights = attention(
             self, query, key, value, mask,
