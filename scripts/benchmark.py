@@ -14,8 +14,9 @@ Usage:
                                                      # update (about 15 minutes)
 
 Every comparison is measured side by side in one run (same threads, same input), as a median of repeats.
-Each run rewrites the suite's benchmarks/results/<suite>.json and docs/benchmarks.md (both tracked: commit them
-with the change they measure).
+A run writes OUTPUT_DIR/<suite>.json and OUTPUT_DIR/benchmarks.md (default runs/benchmarks, not tracked);
+with --write_docs it rewrites the tracked benchmarks/results/<suite>.json and docs/benchmarks.md instead (commit
+them with the change they measure).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from hf_dynasr.trainer.supernet_step import NetRun, supernet_loss
 
 SCALE_SUITES = ("paper_step", "data_path", "memory_scaling")  # scripts/benchmark_scale.py (their docs sections too)
 
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")  # the tracked results (--write_docs)
+DOCS_PAGE = os.path.join(REPO, "docs", "benchmarks.md")
 FRAMES_10S = 1001  # ParakeetFeatureExtractor frames for 10 s at 16 kHz
 
 CONFIGS = {
@@ -383,10 +386,10 @@ def suite_onnx(repeats: int) -> dict:
 ONNX_SUITES = {"onnx": suite_onnx}  # not part of `speed`: it needs the demo checkpoint and corpus
 
 
-def write(suite: str, data: dict) -> str:
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"{suite}.json")
-    machine = benchmark_machine(os.path.dirname(os.path.dirname(RESULTS)))
+def write(suite: str, data: dict, results: str) -> str:
+    os.makedirs(results, exist_ok=True)
+    path = os.path.join(results, f"{suite}.json")
+    machine = benchmark_machine(REPO)
     write_json(path, {"suite": suite, "machine": machine, "results": data})
     return path
 
@@ -395,11 +398,11 @@ SUITES = {"encoder": suite_encoder, "training": suite_training, "supernet": suit
           "inference": suite_inference, "loading": suite_loading, "dmao": suite_dmao}
 
 
-def suite_speed(repeats: int) -> dict:
+def suite_speed(repeats: int, results: str) -> dict:
     """Every suite in this one process (same threads, same machine state), then the headline ratios."""
     for name, fn in SUITES.items():
-        print(f"wrote {write(name, fn(repeats))}", flush=True)
-    return headline_ratios(RESULTS)
+        print(f"wrote {write(name, fn(repeats), results)}", flush=True)
+    return headline_ratios(results)
 
 
 def main() -> None:
@@ -408,7 +411,13 @@ def main() -> None:
                         f"{sorted([*SUITES, *ONNX_SUITES])}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output_dir", default=os.path.join("runs", "benchmarks"),
+                        help="where the suites' JSON files and benchmarks.md go (default: runs/benchmarks, untracked)")
+    parser.add_argument("--write_docs", action="store_true",
+                        help="write the tracked benchmarks/results/<suite>.json and docs/benchmarks.md instead")
     args = parser.parse_args()
+    results = RESULTS if args.write_docs else args.output_dir
+    page = DOCS_PAGE if args.write_docs else os.path.join(args.output_dir, "benchmarks.md")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     names = ["speed"] if args.suite == "all" else [args.suite]
@@ -416,8 +425,9 @@ def main() -> None:
     for name in names:
         if name not in runnable:
             raise SystemExit(f"unknown suite {name!r}; choose from {sorted(runnable)} or all (= speed)")
-        print(f"wrote {write(name, runnable[name](args.repeats))}")
-    print(f"wrote {write_docs(RESULTS, [*SUITES, *SCALE_SUITES, *ONNX_SUITES])}")
+        data = suite_speed(args.repeats, results) if name == "speed" else runnable[name](args.repeats)
+        print(f"wrote {write(name, data, results)}")
+    print(f"wrote {write_docs(results, [*SUITES, *SCALE_SUITES, *ONNX_SUITES], page)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Scale benchmarks; results go to benchmarks/results/<suite>.json and a section each of docs/benchmarks.md.
+"""Scale benchmarks; results go to runs/benchmarks/<suite>.json (untracked), or with --write_docs to the tracked
+benchmarks/results/<suite>.json and a section each of docs/benchmarks.md.
 
 Usage:
-    python scripts/benchmark_scale.py                        # all three, about 15 minutes on 2 cores
+    python scripts/benchmark_scale.py --write_docs           # all three, about 15 minutes on 2 cores
     python scripts/benchmark_scale.py --suite paper_step     # a paper-size supernet update (d=512, 12 blocks, 150 s
                                                              # batch) with and without gradient checkpointing
     python scripts/benchmark_scale.py --suite data_path      # on-the-fly features per DataLoader worker vs the
@@ -247,7 +248,13 @@ def main() -> None:
     parser.add_argument("--suite", default="all", help=f"all, or one of {list(SCALE_SUITES)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output_dir", default=os.path.join("runs", "benchmarks"),
+                        help="where the suites' JSON files and benchmarks.md go (default: runs/benchmarks, untracked)")
+    parser.add_argument("--write_docs", action="store_true",
+                        help="write the tracked benchmarks/results/<suite>.json and docs/benchmarks.md instead")
     args = parser.parse_args()
+    results = RESULTS if args.write_docs else args.output_dir
+    page = None if args.write_docs else os.path.join(args.output_dir, "benchmarks.md")
     names = list(SCALE_SUITES) if args.suite == "all" else [args.suite]
     unknown = [n for n in names if n not in SCALE_SUITES]
     if unknown:
@@ -255,12 +262,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in names:
-        path = os.path.join(RESULTS, f"{name}.json")
+        os.makedirs(results, exist_ok=True)
+        path = os.path.join(results, f"{name}.json")
         result = SCALE_SUITES[name](args.repeats)
         write_json(path, {"suite": name, "machine": benchmark_machine(REPO), "results": result})
         print(f"wrote {path}", flush=True)
-    suites = [f[:-5] for f in os.listdir(RESULTS) if f.endswith(".json") and f[:-5] not in ("speed", "reproduction")]
-    print(f"wrote {write_docs(RESULTS, suites)}")
+    suites = [f[:-5] for f in os.listdir(results) if f.endswith(".json") and f[:-5] not in ("speed", "reproduction")]
+    print(f"wrote {write_docs(results, suites, page)}")
 
 
 if __name__ == "__main__":
