@@ -71,7 +71,8 @@ def test_distillation_gradient_reaches_the_subnet_only_through_its_own_forward(f
     distillation_loss(out.logits, teacher, frames).backward()
     reference = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     for name, grad in term.items():
-        torch.testing.assert_close(grad, reference.get(name, torch.zeros_like(grad)), atol=2e-6, rtol=1e-3,
+        # a difference of two whole-step gradients: float cancellation of ~1e-6 against terms of ~1e-3
+        torch.testing.assert_close(grad, reference.get(name, torch.zeros_like(grad)), atol=1e-5, rtol=1e-3,
                                    msg=name)
     assert term["lm_head.weight"].abs().max() == 0  # the whole network's CTC head
     small_head = [n for n in term if n.startswith("subnet_heads.small")]
