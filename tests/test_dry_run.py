@@ -87,17 +87,23 @@ def test_dry_run_command_prints_the_figures_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# the recipe's selection without paper_rest_share: fractions of this model's own FLOPs, checked against its own rest
+NO_PAPER_SHARE = ('{"method": "ortho_softmax", "criterion": "flops", "stage1_fraction": 0.6, "loss_weight": "focal", '
+                  '"tau0": 2.0, "orth_norm": "L2_sqrt"}')
 BROKEN = [
     (["--selection", '{"method": "ortho_softmax", "tau_0": 2.0}'], r"unknown selection option\(s\) \['tau_0'\]"),
     (["--subnets", '{"small": {"target": 1e15, "criterion": "flops"}}'],
      r"subnets.small: target 1e\+15 is .* of the whole network's flops .*; a subnet must be smaller"),
-    (["--subnets", '{"small": {"fraction": 0.05, "criterion": "flops"}}'],
+    (["--subnets", '{"small": {"fraction": 0.05, "criterion": "flops"}}', "--selection", NO_PAPER_SHARE],
      r"size 'small' \(fraction 0.05\) is not above the never-pruned rest of the model"),
+    (["--subnets", '{"small": {"fraction": 0.05, "criterion": "flops"}}'],
+     r"size fraction 0.05 is not above the paper's never-pruned share 0.177 \(selection.paper_rest_share\)"),
     (["--model", '{"hidden_size": 500, "num_attention_heads": 8}'], "num_attention_heads=8 does not divide"),
 ]
 
 
-@pytest.mark.parametrize("extra,message", BROKEN, ids=["bad_option", "size_too_large", "size_too_small", "bad_model"])
+@pytest.mark.parametrize("extra,message", BROKEN, ids=["bad_option", "size_too_large", "size_too_small",
+                                                       "size_below_paper_share", "bad_model"])
 def test_broken_recipe_fails_before_training(extra, message, tmp_path):
     # train_data that does not exist: the error must be the recipe's, found before any data is read
     with pytest.raises((SystemExit, ValueError), match=message):
@@ -107,7 +113,7 @@ def test_broken_recipe_fails_before_training(extra, message, tmp_path):
 
 def test_broken_recipe_fails_on_the_command_line(tmp_path):
     result = run_train(["--config", os.path.join(CONFIGS, "tedlium2.yaml"), "--dry_run", "--output_dir",
-                        tmp_path / "run", "--subnets", '{"small": 0.0}'], check=False)
+                        tmp_path / "run", "--subnets", '{"small": 0.0}', "--selection", NO_PAPER_SHARE], check=False)
     assert result.returncode != 0
     assert "subnets.small: target 0 is 0.000 of the whole network's" in result.stderr
     assert "a subnet must be smaller than the whole network and larger than 0" in result.stderr

@@ -130,14 +130,15 @@ def make_output_dir(args: TrainArgs, accelerator: Accelerator, previous: bool) -
 
 
 def synthesize_missing_corpus(args: TrainArgs, accelerator: Accelerator) -> None:
-    """--synthesize_missing_corpus N: when --train_data is `audiofolder:DIR` and DIR has no train/metadata.csv,
-    the main process synthesizes an N-utterance espeak-ng / flite corpus there (seed --seed; a partial one is
-    completed) and says so in the log; the other processes wait. A SystemExit names a missing speech tool."""
+    """--synthesize_missing_corpus N: when --train_data is `audiofolder:DIR` and DIR has neither metadata.csv nor
+    train/metadata.csv, the main process synthesizes an N-utterance espeak-ng / flite corpus there (seed --seed; a
+    partial one is completed) and says so in the log; the other processes wait. A SystemExit names a missing
+    speech tool."""
     kind, _, folder = args.train_data.partition(":")
     if not args.synthesize_missing_corpus or kind != "audiofolder":
         return
-    if os.path.isfile(os.path.join(folder, args.train_split, "metadata.csv")):
-        return
+    if any(os.path.isfile(os.path.join(folder, *sub, "metadata.csv")) for sub in ((), (args.train_split,))):
+        return  # a corpus is there, flat or with split folders: never synthesize into a user's data
     refusal = None
     if accelerator.is_main_process:
         logger.warning("--train_data %s: %s holds no corpus; synthesizing %d utterances there "
