@@ -36,7 +36,13 @@ from transformers import AutoProcessor, ParakeetCTCConfig, ParakeetForCTC
 from hf_dynasr import FULL, DynaSRConfig, DynaSRForCTC, build_processor
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
 from hf_dynasr.dmao import DMAO, DMAOConfig
-from hf_dynasr.evaluation.benchmark_report import benchmark_machine, headline_ratios, write_docs
+from hf_dynasr.evaluation.benchmark_report import (
+    add_output_options,
+    benchmark_machine,
+    headline_ratios,
+    output_paths,
+    write_docs,
+)
 from hf_dynasr.evaluation.inference import size_names
 from hf_dynasr.evaluation.timing import matmul_peak_gflops, timeit, timeit_side_by_side
 from hf_dynasr.export.onnx_export import export_onnx, quantize_int8
@@ -50,7 +56,6 @@ SCALE_SUITES = ("paper_step", "data_path", "memory_scaling")  # scripts/benchmar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")  # the tracked results (--write_docs)
-DOCS_PAGE = os.path.join(REPO, "docs", "benchmarks.md")
 FRAMES_10S = 1001  # ParakeetFeatureExtractor frames for 10 s at 16 kHz
 
 CONFIGS = {
@@ -411,13 +416,9 @@ def main() -> None:
                         f"{sorted([*SUITES, *ONNX_SUITES])}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output_dir", default=os.path.join("runs", "benchmarks"),
-                        help="where the suites' JSON files and benchmarks.md go (default: runs/benchmarks, untracked)")
-    parser.add_argument("--write_docs", action="store_true",
-                        help="write the tracked benchmarks/results/<suite>.json and docs/benchmarks.md instead")
+    add_output_options(parser)
     args = parser.parse_args()
-    results = RESULTS if args.write_docs else args.output_dir
-    page = DOCS_PAGE if args.write_docs else os.path.join(args.output_dir, "benchmarks.md")
+    results, page = output_paths(args, RESULTS)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     names = ["speed"] if args.suite == "all" else [args.suite]

@@ -33,7 +33,7 @@ from hf_dynasr import DynaSRConfig, DynaSRForCTC, build_processor
 from hf_dynasr.data import DurationBatchSampler, load_speech_dataset, read_table
 from hf_dynasr.data.prepare import preparation_options
 from hf_dynasr.data.streaming import OnTheFlyCollator, OnTheFlySpeechDataset, index_corpus, prepare_row, worker_init
-from hf_dynasr.evaluation.benchmark_report import benchmark_machine, write_docs
+from hf_dynasr.evaluation.benchmark_report import add_output_options, benchmark_machine, output_paths, write_docs
 from hf_dynasr.evaluation.timing import timeit
 from hf_dynasr.json_io import write_json
 
@@ -248,13 +248,9 @@ def main() -> None:
     parser.add_argument("--suite", default="all", help=f"all, or one of {list(SCALE_SUITES)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output_dir", default=os.path.join("runs", "benchmarks"),
-                        help="where the suites' JSON files and benchmarks.md go (default: runs/benchmarks, untracked)")
-    parser.add_argument("--write_docs", action="store_true",
-                        help="write the tracked benchmarks/results/<suite>.json and docs/benchmarks.md instead")
+    add_output_options(parser)
     args = parser.parse_args()
-    results = RESULTS if args.write_docs else args.output_dir
-    page = None if args.write_docs else os.path.join(args.output_dir, "benchmarks.md")
+    results, page = output_paths(args, RESULTS)
     names = list(SCALE_SUITES) if args.suite == "all" else [args.suite]
     unknown = [n for n in names if n not in SCALE_SUITES]
     if unknown:

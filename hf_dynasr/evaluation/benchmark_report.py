@@ -52,6 +52,22 @@ def _flatten(data, prefix=""):
             yield f"{prefix}{key}", value
 
 
+def add_output_options(parser) -> None:
+    """The benchmark scripts' `--output_dir` / `--write_docs` (tracked files are rewritten only when asked)."""
+    parser.add_argument("--output_dir", default=os.path.join("runs", "benchmarks"),
+                        help="where the suites' JSON files and benchmarks.md go (default: runs/benchmarks, untracked)")
+    parser.add_argument("--write_docs", action="store_true",
+                        help="write the tracked benchmarks/results/<suite>.json and docs/benchmarks.md instead")
+
+
+def output_paths(args, tracked_results: str) -> tuple[str, str | None]:
+    """(results folder, page path) for `add_output_options`' arguments; a None page is docs/benchmarks.md beside
+    the tracked results."""
+    if args.write_docs:
+        return tracked_results, None
+    return args.output_dir, os.path.join(args.output_dir, "benchmarks.md")
+
+
 def write_docs(results: str, suites: list[str], path: str | None = None) -> str:
     """`path` (default docs/benchmarks.md next to the folder holding `results`) from the JSON file of each of
     `suites` found in `results`, headed by speed.json's ratios; each section names its command and commit."""
