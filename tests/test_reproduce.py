@@ -14,21 +14,30 @@ from hf_dynasr.evaluation.reproduction_report import write_report
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(config, seed, sizes, dmao=False, method="ortho_softmax"):
-    return {"name": f"{config}_s{seed}", "config": config, "seed": seed, "method": method, "steps": 1000,
+def _run(config, seed, sizes, dmao=False, method="ortho_softmax", variant=None, steps=1000, commit="abc1234"):
+    name = f"{config}{'_' + variant.split()[0] if variant else ''}_s{seed}"
+    return {"name": name, "config": config, "variant": variant, "seed": seed, "method": method, "steps": steps,
             "train_wall_time_s": 600.0, "num_processes": 1, "dmao": dmao, "test_utterances": 200,
+            "recorded": {"commit": commit, "date": "today", "machine": {"cpu": "cpu", "cores": 2},
+                         "parallel": 2, "threads_per_run": 1},
             "sizes": {name: {"num_parameters": p, "flops": 2 * p, "wer": w, "cer": c} for name, (p, w, c) in sizes.items()}}
+
+
+def _sizes(small, medium, full):
+    return {"small": (1.0e6, 0.9, small), "medium": (1.5e6, 0.9, medium), "full": (2.0e6, 0.86, full)}
 
 
 def _record():
     runs = [_run("baseline_small", s, {"full": (1.0e6, 0.90, 0.40 + 0.01 * s)}, method=None) for s in (0, 1)]
     runs += [_run("baseline_medium", s, {"full": (1.5e6, 0.88, 0.36 + 0.01 * s)}, method=None) for s in (0, 1)]
     runs += [_run("baseline_full", s, {"full": (2.0e6, 0.86, 0.34 + 0.01 * s)}, method=None) for s in (0, 1)]
-    sizes = {"small": (1.0e6, 0.9, 0.50), "medium": (1.5e6, 0.9, 0.37), "full": (2.0e6, 0.86, 0.345)}
-    runs.append(_run("stk_module", 0, sizes, method="simple_top_k"))
-    good = {"small": (1.0e6, 0.9, 0.40), "medium": (1.5e6, 0.9, 0.36), "full": (2.0e6, 0.86, 0.34)}
-    runs += [_run("ortho_flops_component", s, good) for s in (0, 1)]
-    runs.append(_run("dmao_full", 0, {"full": (2.0e6, 0.80, 0.33)}, dmao=True, method=None))
+    runs.append(_run("stk_module", 0, _sizes(0.50, 0.37, 0.345), method="simple_top_k"))
+    runs += [_run("ortho_flops_component", s, _sizes(0.40, 0.36, 0.34)) for s in (0, 1)]
+    runs += [_run("ortho_flops_component", s, _sizes(0.37 + 0.01 * s, 0.36, 0.34), variant="distillation 1")
+             for s in (0, 1)]
+    runs.append(_run("ortho_flops_component", 0, _sizes(0.41, 0.37, 0.35), variant="equal compute", steps=600))
+    runs += [_run("dmao_full", s, {"full": (2.0e6, 0.80, 0.33 + 0.005 * s)}, dmao=True, method=None) for s in (0, 1)]
+    runs.append(_run("ortho_params_module", 0, _sizes(0.30, 0.30, 0.30), commit="old0001"))
     return {"command": "python scripts/reproduce.py", "commit": "abc1234", "dirty": False, "date": "today",
             "machine": {"cpu": "cpu", "cores": 2, "python": "3"}, "corpus": "data/demo_corpus", "parallel": 2,
             "threads_per_run": 1, "runs": runs}
@@ -42,25 +51,52 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
     # small: baseline mean 40.5 +- 0.5; STk 50.0 is +23.5 % worse, OrthoSoftmax 40.0 is -1.2 %
     assert "| individually trained (2) | 40.5 ± 0.5 | 36.5 ± 0.5 | 34.5 ± 0.5 |" in text
     assert "| stk_module (1) | 50.0 (+23.5 %) |" in text
-    assert "| ortho_flops_component (2) | 40.0 (-1.2 %) |" in text
-    assert "best method `ortho_flops_component` 40.0 % CER against 40.5 % individually trained (-1.2 %): " \
-           "within the seed noise" in text
-    assert "(best first): ortho_flops_component, stk_module" in text
+    assert "| ortho_flops_component (2) | 40.0 ± 0.0 (-1.2 %) |" in text
+    assert "| ortho_flops_component + distillation 1 (2) | 37.5 ± 0.5 (-7.4 %) |" in text
+    assert "Best method here: `ortho_flops_component`, per size: small 40.0 vs 40.5 (-1.2 %; within the seed noise, gap 0.5" in text
+    assert "- Paper 1, Simple-Top-k (`stk_module`, paper-1 settings): small 50.0 vs 40.5 (+23.5 %; no seed spread" in text
+    assert "(best first): ortho_flops_component, stk_module." in text
     assert "`ortho_flops_component`, ranks 1 of 2 here: the claim holds" in text
-    # DMAO against baseline_full with the same seed (0): WER 80 vs 86 -> -7.0 %
-    assert "WER -7.0 %" in text and "CER -2.9 %" in text
+    # DMAO: 33.25 vs 34.5 over seeds 0 and 1 -> -3.6 %; gap 1.25 > half-ranges 0.25 + 0.5: beyond the noise
+    assert "DMAO (paper 3) at seeds [0, 1]: 33.2 % CER" in text and "CER -3.6 %" in text
+    assert "-7.0 % relative (paper 3: up to -6 % WER); better beyond the seed noise, gap 1." in text
+    assert "Goal (>= 3 % relative better, beyond the noise): reached" in text
+    # distillation: small 37.5 +- 0.5 vs 40.0 +- 0: beyond the noise
+    assert "small 37.5 vs 40.0 (-6.3 %; better beyond the seed noise, gap 2.5 vs half-ranges 0.5 + 0.0)" in text
+    assert "Goal (the smallest size better beyond the noise): reached" in text
+    # equal compute: 600 updates, every size within 3 % of its twin (+1.2 / +1.4 / +1.4 %)
+    assert "trained 600 updates in 10.0 min against 30.0 min" in text
+    assert "small 41.0 vs 40.5 (+1.2 %)" in text and "or better): reached" in text
+    # paper 2's ablation, recorded at another commit: in the run table and its note, not in the headline
+    assert "| ortho_params_module (1)" not in text and "`ortho_params_module` s0 30.0" in text
+    assert "| ortho_params_module_s0 | ortho_softmax | 0 | small |" in text and "`old0001`" in text
     assert (tmp_path / "reproduction.png").stat().st_size > 1000
+
+
+def test_report_says_when_a_goal_is_not_reached(tmp_path):
+    record = _record()
+    for r in record["runs"]:
+        if r["dmao"]:  # DMAO 34.0 / 35.5 against 34 / 35: within the noise
+            r["sizes"]["full"]["cer"] = 0.34 + 0.015 * r["seed"]
+        if r.get("variant") == "equal compute":
+            r["sizes"]["small"]["cer"] = 0.43  # +6.2 % against the small twin
+    doc = tmp_path / "reproduction.md"
+    write_report(record, str(doc))
+    text = doc.read_text()
+    assert "Goal (>= 3 % relative better, beyond the noise): not reached" in text
+    assert "small 43.0 vs 40.5 (+6.2 %)" in text and "or better): not reached" in text
 
 
 def test_run_matrix_and_unknown_run():
     out = subprocess.run([sys.executable, "scripts/reproduce.py", "--list"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
     names = [line.split()[0] for line in out.stdout.splitlines()]
-    assert {"baseline_small_s0", "baseline_small_s1", "ortho_flops_component_s0", "dmao_full_s0",
-            "best_supernet_s1"} <= set(names)
-    for name in names:  # every config of the matrix exists
-        config = out.stdout.splitlines()[names.index(name)].split()[1]
-        assert config == "best_supernet.yaml" or (ROOT / "training/configs/repro" / config).is_file()
+    assert {"baseline_small_s0", "baseline_small_s1", "ortho_flops_component_s0", "dmao_full_s0", "dmao_full_s1",
+            "best_supernet_s1", "best_supernet_distill_s0", "best_supernet_distill_s1",
+            "best_supernet_equal_compute_s0"} <= set(names)
+    for line in out.stdout.splitlines():  # every config of the matrix exists; derived runs are marked
+        config = line.split()[1]
+        assert config == "derived" or (ROOT / "training/configs/repro" / config).is_file(), line
     bad = subprocess.run([sys.executable, "scripts/reproduce.py", "--runs", "nope_s0", "--report_only"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown run(s) ['nope_s0']; available: " in bad.stderr
@@ -95,7 +131,10 @@ def test_report_only_writes_json(tmp_path):
 def test_report_only_keeps_recorded_runs_whose_folders_are_gone(tmp_path):
     """Rebuilding the report on a machine without runs/repro must not drop what the results file recorded."""
     results, doc = tmp_path / "r.json", tmp_path / "d.md"
-    results.write_text(json.dumps(_record()))
+    record = _record()
+    for r in record["runs"]:  # entries from before runs carried their own provenance get the file's
+        del r["recorded"]
+    results.write_text(json.dumps(record))
     out = subprocess.run([sys.executable, "scripts/reproduce.py", "--report_only", "--output_dir", str(tmp_path / "none"),
                           "--corpus", str(tmp_path / "no_corpus"), "--results", str(results), "--doc", str(doc)],
                          cwd=ROOT, capture_output=True, text=True)

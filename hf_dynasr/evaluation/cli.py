@@ -16,6 +16,7 @@ from hf_dynasr.data import load_speech_dataset
 from hf_dynasr.evaluation import (evaluate_checkpoint, latency_table, plot_pareto, plot_training_curve,
                                   results_markdown, samples_markdown)
 from hf_dynasr.evaluation import reproduction, sets
+from hf_dynasr.evaluation.reproduction_matrix import ABLATIONS, DERIVED
 from hf_dynasr.json_io import write_json
 from hf_dynasr.lm import load_lm_decoder
 
@@ -196,7 +197,8 @@ def reproduce_main(argv: list[str] | None = None, command: str = "dynasr-reprodu
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.list:
         for name, config, seed in reproduction.run_matrix():
-            print(f"{name:28s} {config}.yaml seed {seed}")
+            what = f"derived ({config})" if config in DERIVED else f"{config}.yaml"
+            print(f"{name:32s} {what} seed {seed}{'  (only when named in --runs)' if config in ABLATIONS else ''}")
         return 0
     names = {f.name for f in dataclasses.fields(reproduction.ReproduceOptions)}
     opts = reproduction.ReproduceOptions(**{k: v for k, v in vars(args).items() if k in names})

@@ -39,16 +39,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from hf_dynasr.evaluation import machine_info
+from hf_dynasr.evaluation.reproduction_matrix import CONFIG_DIR, finished, resolve, run_matrix, selected_runs
 from hf_dynasr.evaluation.reproduction_report import write_report
 from hf_dynasr.json_io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = os.path.join("training", "configs", "repro")
-BASELINES = ["baseline_small", "baseline_medium", "baseline_full"]
-SUPERNETS = ["stk_module", "izo_module", "ortho_params_module", "ortho_params_component",
-             "ortho_flops_module", "ortho_flops_component"]
-BEST = "best_supernet"  # placeholder run: the best seed-0 supernet method, trained again with seed 1
 TRACKED_RESULTS = os.path.join("benchmarks", "results", "reproduction.json")  # what --write_docs updates
 TRACKED_DOC = os.path.join("docs", "reproduction.md")
 REPORT_DIR = os.path.join("runs", "repro", "report")  # the default output: not tracked
@@ -91,28 +87,10 @@ def previous_record(opts: ReproduceOptions) -> dict | None:
     return None
 
 
-def run_matrix() -> list[tuple[str, str, int]]:
-    """(run name, config stem, seed) in launch order: long supernet runs first, so two workers stay busy."""
-    runs = [(f"{c}_s0", c, 0) for c in SUPERNETS]
-    runs += [(f"{c}_s{s}", c, s) for s in (0, 1) for c in BASELINES]
-    runs += [("dmao_full_s0", "dmao_full", 0), (f"{BEST}_s1", BEST, 1)]
-    return runs
-
-
-def selected_runs(opts: ReproduceOptions) -> set[str]:
-    """The run names `opts.runs` asks for; ValueError naming any that is not in the matrix."""
-    names = [n for n, _, _ in run_matrix()]
-    wanted = set(names) if opts.runs == "all" else set(opts.runs.split(","))
-    unknown = sorted(wanted - set(names))
-    if unknown:
-        raise ValueError(f"unknown run(s) {unknown}; available: {', '.join(names)}")
-    return wanted
-
-
 def reproduce(opts: ReproduceOptions, command: str) -> tuple[dict, list[str]]:
     """Run what is missing of the selected runs (unless `report_only`), then write the results JSON and the
     report. `command` is how the report names the command line. Returns the record and the failed runs."""
-    wanted = selected_runs(opts)
+    wanted = selected_runs(opts.runs)
     failed = []
     if not opts.report_only:
         if not os.path.isdir(CONFIG_DIR):
@@ -121,7 +99,7 @@ def reproduce(opts: ReproduceOptions, command: str) -> tuple[dict, list[str]]:
             subprocess.run([sys.executable, "scripts/synthesize_corpus.py", "--output_dir", opts.corpus,
                             "--num_utterances", str(opts.num_utterances), "--seed", "0"], check=True)
         selected = [r for r in run_matrix()
-                    if r[0] in wanted and (opts.force or not done(os.path.join(opts.output_dir, r[0])))]
+                    if r[0] in wanted and (opts.force or not finished(opts.output_dir, r[0]))]
         failed = run_all(opts, selected)
     previous = previous_record(opts)
     # a report of recorded runs keeps their corpus: --corpus (or its default) names it only when runs trained now
@@ -144,45 +122,31 @@ def reproduce(opts: ReproduceOptions, command: str) -> tuple[dict, list[str]]:
     return record, failed
 
 
-def done(out: str) -> bool:
-    return os.path.exists(os.path.join(out, "eval", "results.json"))
-
-
-def best_method(opts: ReproduceOptions) -> str | None:
-    """The seed-0 supernet with the lowest mean CER over its sizes, once all of them have finished."""
-    scores = {}
-    for c in SUPERNETS:
-        path = os.path.join(opts.output_dir, f"{c}_s0", "eval", "results.json")
-        if not os.path.exists(path):
-            return None
-        sizes = read_json(path)["sizes"]
-        scores[c] = sum(s["cer"] for s in sizes.values()) / len(sizes)
-    return min(scores, key=scores.get)
-
-
-def commands(opts: ReproduceOptions, name: str, config: str, seed: int) -> list[list[str]]:
-    """Train, then evaluate every size on the test split."""
+def commands(opts: ReproduceOptions, name: str, spec: dict, seed: int) -> list[list[str]]:
+    """Train (`spec` from `resolve`: config file and extra arguments), then evaluate every size on the test split."""
     out = os.path.join(opts.output_dir, name)
     data = f"audiofolder:{opts.corpus}"
-    train = [sys.executable, "training/train.py", "--config", os.path.join(CONFIG_DIR, f"{config}.yaml"),
+    train = [sys.executable, "training/train.py", "--config", spec["path"],
              "--seed", str(seed), "--output_dir", out, "--overwrite_output_dir",
              "--train_data", data, "--eval_data", data]
-    if opts.max_steps:
+    if opts.max_steps and "--max_steps" not in spec["train_args"]:
         train += ["--max_steps", str(opts.max_steps)]
+    train += spec["train_args"]
     evaluate = [sys.executable, "scripts/evaluate_model.py", "--checkpoint", os.path.join(out, "final"),
                 "--data", data, "--split", "test", "--output_dir", os.path.join(out, "eval"), "--latency_runs", "0"]
     return [train, evaluate]
 
 
-def launch(opts: ReproduceOptions, name: str, config: str, seed: int) -> subprocess.Popen:
+def launch(opts: ReproduceOptions, name: str, spec: dict, seed: int) -> subprocess.Popen:
     """Train then evaluate, in one shell child so that the pool only tracks one process per run."""
     os.makedirs(opts.output_dir, exist_ok=True)
-    write_json(os.path.join(opts.output_dir, f"{name}.json"), {"config": config, "seed": seed})
+    write_json(os.path.join(opts.output_dir, f"{name}.json"), {**spec, "seed": seed})
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads),
                TOKENIZERS_PARALLELISM="false")
-    script = " && ".join(shlex.join(cmd) for cmd in commands(opts, name, config, seed))
+    script = " && ".join(shlex.join(cmd) for cmd in commands(opts, name, spec, seed))
     log = open(os.path.join(opts.output_dir, f"{name}.log"), "w", encoding="utf-8")
-    logger.info("[%s] start %s (%s, seed %d)", time.strftime("%H:%M:%S"), name, config, seed)
+    logger.info("[%s] start %s (%s, seed %d)", time.strftime("%H:%M:%S"), name,
+                spec["config"] + (f", {spec['variant']}" if spec["variant"] else ""), seed)
     return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
@@ -200,15 +164,14 @@ def run_all(opts: ReproduceOptions, selected: list[tuple[str, str, int]]) -> lis
             if len(running) >= limit:
                 break
             name, config, seed = job
-            if config == BEST:
-                config = best_method(opts)
-                if config is None:
-                    if not any(c in SUPERNETS for _, c, _ in pending) and not running:
-                        logger.info("skip %s: not every seed-0 supernet run finished", name)
-                        pending.remove(job)
-                    continue
+            spec = resolve(opts.output_dir, name, config)
+            if spec is None:  # a derived run whose inputs are not finished: wait, unless nothing can finish them
+                if not running and all(resolve(opts.output_dir, n, c) is None for n, c, _ in pending):
+                    logger.info("skip %s: the runs it derives from did not finish", name)
+                    pending.remove(job)
+                continue
             pending.remove(job)
-            running[name] = launch(opts, name, config, seed)
+            running[name] = launch(opts, name, spec, seed)
         time.sleep(5)
     return failed
 
@@ -241,8 +204,7 @@ def collect(opts: ReproduceOptions, previous: dict | None) -> list[dict]:
              "parallel": opts.parallel, "threads_per_run": opts.threads}
     runs = []
     for name, config, seed in run_matrix():
-        out = os.path.join(opts.output_dir, name)
-        if not done(out):
+        if not finished(opts.output_dir, name):
             if name in kept:
                 runs.append(kept[name])
             continue
@@ -259,10 +221,13 @@ def _run_entry(opts: ReproduceOptions, name: str, config: str, seed: int) -> dic
     results = read_json(os.path.join(out, "eval", "results.json"))
     training = read_json(os.path.join(out, "final", "training_results.json"))
     launched = os.path.join(opts.output_dir, f"{name}.json")
-    if os.path.exists(launched):  # the config actually trained (best_supernet_s1 is chosen at launch)
-        config = read_json(launched)["config"]
+    variant = None
+    if os.path.exists(launched):  # the config actually trained (a derived run's is chosen at launch)
+        spec = read_json(launched)
+        config, variant = spec["config"], spec.get("variant")
     return {
-        "name": name, "config": config, "seed": seed, "method": training.get("method"), "steps": training.get("steps"),
+        "name": name, "config": config, "variant": variant, "seed": seed, "method": training.get("method"),
+        "steps": training.get("steps"),
         "train_wall_time_s": training.get("wall_time_s"), "num_processes": training.get("num_processes"),
         "dmao": training.get("dmao") is not None,
         "sizes": _sizes(results),
