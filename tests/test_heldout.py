@@ -54,3 +54,24 @@ def test_evaluate_reports_a_column_per_set(supernet, corpus, tmp_path):  # noqa:
     table = (tmp_path / "eval" / "results_sets.md").read_text()
     assert "| size | corpus CER % | other CER % | other / corpus |" in table
     assert f"| full | {100 * first['full']['cer']:.1f} | {100 * second['full']['cer']:.1f} | 1.00x |" in table
+
+
+def test_robustness_table_and_docs_markers(tmp_path):
+    """The run table of docs/robustness_of_models.md is rendered from the results JSON, between its markers."""
+    from hf_dynasr.evaluation import robustness
+
+    cer = {"demo_corpus": {"small": 0.40, "medium": 0.38, "full": 0.30},
+           "heldout_engine": {"small": 0.5, "medium": 0.5, "full": 0.36},
+           "telephone": {"small": 0.6, "medium": 0.6, "full": 0.60}}
+    lines = robustness.results_table({"runs": {"none_s0": {"max_steps": 800, "train_wall_s": 215.3, "cer": cer}}})
+    assert lines[2] == ("| none_s0 | 800 | 40.0 / 38.0 / 30.0 | 50.0 / 50.0 / 36.0 | 60.0 / 60.0 / 60.0 | 1.20x | 2.00x "
+                        "| 215 s |")
+    doc = tmp_path / "page.md"
+    doc.write_text(f"intro\n{robustness.MARKER}\nold table\n{robustness.MARKER}\nafter\n")
+    robustness.replace_table(str(doc), lines)
+    text = doc.read_text()
+    assert "old table" not in text and lines[2] in text and text.startswith("intro\n") and text.endswith("after\n")
+    doc.write_text("no markers\n")
+    with pytest.raises(ValueError, match="needs exactly two '<!-- robustness-runs -->' lines"):
+        robustness.replace_table(str(doc), lines)
+    assert doc.read_text() == "no markers\n"  # left as it was
