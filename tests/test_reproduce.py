@@ -65,7 +65,7 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
     assert "small 37.5 vs 40.0 (-6.3 %; better beyond the seed noise, gap 2.5 vs half-ranges 0.5 + 0.0)" in text
     assert "Goal (the smallest size better beyond the noise): reached" in text
     # equal compute: 600 updates, every size within 3 % of its twin (+1.2 / +1.4 / +1.4 %)
-    assert "trained 600 updates in 10.0 min against 30.0 min" in text
+    assert "trained 600 updates, its seed-0 run's 1000 updates (10.0 min) scaled to the 30.0 min" in text
     assert "small 41.0 vs 40.5 (+1.2 %)" in text and "or better): reached" in text
     # paper 2's ablation, recorded at another commit: in the run table and its note, not in the headline
     assert "| ortho_params_module (1)" not in text and "`ortho_params_module` s0 30.0" in text

@@ -153,15 +153,18 @@ def equal_compute_claim(runs: list[dict], base: dict) -> list[str]:
     if not eqc or len(twins) < len(BASELINE_SIZE):
         return []
     run = eqc[0]
+    full_run = next((r for r in supernets(runs) if key(r) == run["config"] and r["seed"] == 0), None)
     rows, reached = [], True
     for s in sorted(base, key=SIZE_ORDER.get):
         got, ref = run["sizes"][s]["cer"], mean([b["cer"] for b in base[s]])
         reached &= (got - ref) / ref <= TWIN_GOAL
         rows.append(f"{s} {pct(got)} vs {pct(ref)} ({rel(got, ref)})")
     twin_min = sum(r["train_wall_time_s"] for r in twins) / 60
-    return [f"- Equal total compute: `{run['config']}` trained {run['steps']} updates in "
-            f"{run['train_wall_time_s'] / 60:.1f} min against {twin_min:.1f} min for the three individually trained "
-            "models together (seed 0), CER against the twins (mean over seeds): " + "; ".join(rows)
+    budget = (f"its seed-0 run's {full_run['steps']} updates ({full_run['train_wall_time_s'] / 60:.1f} min) scaled to "
+              f"the {twin_min:.1f} min the three individually trained models took together (seed 0)") if full_run else (
+              f"the {twin_min:.1f} min the three individually trained models took together (seed 0)")
+    return [f"- Equal total compute: `{run['config']}` trained {run['steps']} updates, {budget}; CER against the "
+            "twins (mean over seeds): " + "; ".join(rows)
             + f". Goal (every size within {100 * TWIN_GOAL:.0f} % relative of its twin, or better): "
             + ("reached" if reached else "not reached") + " (one seed: compare the gaps with the seed noise above)."]
 
