@@ -37,6 +37,7 @@ def _record():
              for s in (0, 1)]
     runs.append(_run("ortho_flops_component", 0, _sizes(0.41, 0.37, 0.35), variant="equal compute", steps=600))
     runs += [_run("dmao_full", s, {"full": (2.0e6, 0.80, 0.33 + 0.005 * s)}, dmao=True, method=None) for s in (0, 1)]
+    runs.append(_run("dmao_copy", 0, {"full": (2.0e6, 0.86, 0.345)}, dmao=True, method=None))
     runs.append(_run("ortho_params_module", 0, _sizes(0.30, 0.30, 0.30), commit="old0001"))
     return {"command": "python scripts/reproduce.py", "commit": "abc1234", "dirty": False, "date": "today",
             "machine": {"cpu": "cpu", "cores": 2, "python": "3"}, "corpus": "data/demo_corpus", "parallel": 2,
@@ -58,9 +59,10 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
     assert "(best first): ortho_flops_component, stk_module." in text
     assert "`ortho_flops_component`, ranks 1 of 2 here: the claim holds" in text
     # DMAO: 33.25 vs 34.5 over seeds 0 and 1 -> -3.6 %; gap 1.25 > half-ranges 0.25 + 0.5: beyond the noise
-    assert "DMAO (paper 3) at seeds [0, 1]: 33.2 % CER" in text and "CER -3.6 %" in text
+    assert "DMAO (paper 3), `dmao_full` at seeds [0, 1]: 33.2 % CER" in text and "CER -3.6 %" in text
     assert "-7.0 % relative (paper 3: up to -6 % WER); better beyond the seed noise, gap 1." in text
     assert "Goal (>= 3 % relative better, beyond the noise): reached" in text
+    assert "`dmao_copy` at seeds [0]: 34.5 % CER" in text and "no seed spread on both sides" in text
     # distillation: small 37.5 +- 0.5 vs 40.0 +- 0: beyond the noise
     assert "small 37.5 vs 40.0 (-6.3 %; better beyond the seed noise, gap 2.5 vs half-ranges 0.5 + 0.0)" in text
     assert "Goal (the smallest size better beyond the noise): reached" in text
@@ -76,7 +78,7 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
 def test_report_says_when_a_goal_is_not_reached(tmp_path):
     record = _record()
     for r in record["runs"]:
-        if r["dmao"]:  # DMAO 34.0 / 35.5 against 34 / 35: within the noise
+        if r["config"] == "dmao_full":  # DMAO 34.0 / 35.5 against 34 / 35: within the noise
             r["sizes"]["full"]["cer"] = 0.34 + 0.015 * r["seed"]
         if r.get("variant") == "equal compute":
             r["sizes"]["small"]["cer"] = 0.43  # +6.2 % against the small twin

@@ -7,7 +7,7 @@ finished runs, so the pool only starts them once their inputs exist:
   seed 0), trained again with seed 1, for a seed spread.
 - `best_supernet_distill_s{0,1}`: the same best method with in-place distillation
   (`selection.distillation_weight`, not in the papers; issue 21 item 3), on vs off at the same seeds.
-- `best_supernet_equal_compute_s0`: the best method with its updates cut so that its training time equals the
+- `best_supernet_equal_compute_s0`: the best method with its updates scaled so that its training time equals the
   sum of the three seed-0 individually trained models' times (equal total compute, not only equal updates).
 
 Paper 2's criterion x granularity ablation (the other three OrthoSoftmax settings) stays in the matrix but is
@@ -25,6 +25,7 @@ from hf_dynasr.json_io import read_json, write_json
 CONFIG_DIR = os.path.join("training", "configs", "repro")
 BASELINES = ["baseline_small", "baseline_medium", "baseline_full"]
 HEADLINE_SUPERNETS = ["stk_module", "izo_module", "ortho_flops_component"]  # paper 1 (both methods), paper 2's best
+DMAO = ["dmao_full", "dmao_copy", "dmao_fresh"]  # paper 3, growth init random_split / exact copies / fresh moments
 ABLATIONS = ["ortho_params_module", "ortho_params_component", "ortho_flops_module"]  # paper 2's Tab. 2 ablation
 BEST = "best_supernet"
 DISTILL = "best_supernet_distill"
@@ -39,7 +40,7 @@ def run_matrix() -> list[tuple[str, str, int]]:
     runs = [(f"{c}_s0", c, 0) for c in HEADLINE_SUPERNETS]
     runs += [(f"{BEST}_s1", BEST, 1), (f"{DISTILL}_s0", DISTILL, 0), (f"{DISTILL}_s1", DISTILL, 1)]
     runs += [(f"{c}_s{s}", c, s) for s in (0, 1) for c in BASELINES]
-    runs += [(f"dmao_full_s{s}", "dmao_full", s) for s in (0, 1)]
+    runs += [(f"{c}_s{s}", c, s) for c in DMAO for s in (0, 1)]
     runs += [(f"{EQUAL_COMPUTE}_s0", EQUAL_COMPUTE, 0)]
     return runs + [(f"{c}_s0", c, 0) for c in ABLATIONS]
 
