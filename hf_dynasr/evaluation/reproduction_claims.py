@@ -127,7 +127,8 @@ def dmao_claim(runs: list[dict]) -> list[str]:
         goal = "reached" if change <= -DMAO_GOAL and noise_verdict(d, p).startswith("better") else "not reached"
         params = dmao[0]["sizes"]["full"]["num_parameters"] / 1e6, plain[0]["sizes"]["full"]["num_parameters"] / 1e6
         out.append(f"- DMAO (paper 3), `{config}` at seeds {sorted(seeds)}: {pct(mean(d))} % CER / {pct(dw)} % WER "
-                   f"with {params[0]:.3f}M parameters against {pct(mean(p))} % / {pct(pw)} % ({params[1]:.3f}M) without it: "
+                   f"with {params[0]:.3f}M parameters against {pct(mean(p))} % / {pct(pw)} % ({params[1]:.3f}M) "
+                   "without it: "
                    f"CER {rel(mean(d), mean(p))}, WER {rel(dw, pw)} relative (paper 3: up to -6 % WER); "
                    f"{noise_verdict(d, p)}. Goal (>= 3 % relative better, beyond the noise): {goal}.")
     return out
