@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heldout", default="data/demo_heldout", help="folder from python -m hf_dynasr.data.heldout")
     p.add_argument("--max_samples", type=int, default=200, help="utterances per test set")
     p.add_argument("--output_dir", default=os.path.join("runs", "robustness"), help="one folder per run")
+    p.add_argument("--tag", default="", help="suffix of the run names (RECIPE + TAG + _sSEED), e.g. _2400 for 2,400 steps")
     p.add_argument("--existing", nargs="*", default=[], metavar="NAME=RUN_DIR",
                    help="score finished runs (RUN_DIR/final) under NAME instead of training")
     p.add_argument("--write_docs", action="store_true", help=f"record into {TRACKED} and the table of {DOC}")
@@ -84,10 +85,11 @@ def main(argv=None) -> int:
     else:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for name in args.recipes.split(","):
-                run_dir = os.path.join(args.output_dir, f"{name}_s{seed}")
+                run_name = f"{name}{args.tag}_s{seed}"
+                run_dir = os.path.join(args.output_dir, run_name)
                 wall = robustness.train(run_dir, table[name], seed, config=args.config, corpus=args.corpus,
                                         max_steps=args.max_steps, workers=args.workers)
-                record_run(record, f"{name}_s{seed}", run_dir, args, recipe=name, seed=seed,
+                record_run(record, run_name, run_dir, args, recipe=name, seed=seed,
                            augmentation=table[name], max_steps=args.max_steps, train_wall_s=round(wall, 1),
                            workers=args.workers if table[name] else 0)
                 write_json(results, record)  # after every run: a later failure keeps what finished
