@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heldout", default="data/demo_heldout", help="folder from python -m hf_dynasr.data.heldout")
     p.add_argument("--max_samples", type=int, default=200, help="utterances per test set")
     p.add_argument("--output_dir", default=os.path.join("runs", "robustness"), help="one folder per run")
-    p.add_argument("--tag", default="", help="suffix of the run names (RECIPE + TAG + _sSEED), e.g. _2400 for 2,400 steps")
+    p.add_argument("--tag", default="", help="suffix of the run names (RECIPE + TAG + _sSEED), e.g. _2400")
     p.add_argument("--existing", nargs="*", default=[], metavar="NAME=RUN_DIR",
                    help="score finished runs (RUN_DIR/final) under NAME instead of training")
     p.add_argument("--write_docs", action="store_true", help=f"record into {TRACKED} and the table of {DOC}")
