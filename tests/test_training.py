@@ -19,8 +19,12 @@ from hf_dynasr.trainer import TrainArgs, parse_args
 from hf_dynasr.trainer.supernet_step import plan_step, step_rng, step_seed
 
 SMOKE = os.path.join(REPO, "training", "configs", "smoke.yaml")
+#: one rendezvous port per pytest-xdist worker (gw0, gw1, ...; scripts/test.sh runs the suite on every core), so
+#: two DDP runs of different workers never share one
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 DDP_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(29500 + 11 * _XDIST_WORKER)]
 
 
 def _data_args(corpus):
