@@ -20,7 +20,8 @@ def _run(config, seed, sizes, dmao=False, method="ortho_softmax", variant=None, 
             "train_wall_time_s": 600.0, "num_processes": 1, "dmao": dmao, "test_utterances": 200,
             "recorded": {"commit": commit, "date": "today", "machine": {"cpu": "cpu", "cores": 2},
                          "parallel": 2, "threads_per_run": 1},
-            "sizes": {name: {"num_parameters": p, "flops": 2 * p, "wer": w, "cer": c} for name, (p, w, c) in sizes.items()}}
+            "sizes": {size: {"num_parameters": p, "flops": 2 * p, "wer": w, "cer": c}
+                      for size, (p, w, c) in sizes.items()}}
 
 
 def _sizes(small, medium, full):
@@ -54,15 +55,18 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
     assert "| stk_module (1) | 50.0 (+23.5 %) |" in text
     assert "| ortho_flops_component (2) | 40.0 ± 0.0 (-1.2 %) |" in text
     assert "| ortho_flops_component + distillation 1 (2) | 37.5 ± 0.5 (-7.4 %) |" in text
-    assert "Best method here: `ortho_flops_component`, per size: small 40.0 vs 40.5 (-1.2 %; within the seed noise, gap 0.5" in text
-    assert "- Paper 1, Simple-Top-k (`stk_module`, paper-1 settings): small 50.0 vs 40.5 (+23.5 %; no seed spread" in text
+    assert ("Best method here: `ortho_flops_component`, per size: small 40.0 vs 40.5 (-1.2 %; within the seed noise, "
+            "gap 0.5") in text
+    assert ("- Paper 1, Simple-Top-k (`stk_module`, paper-1 settings): small 50.0 vs 40.5 (+23.5 %; worse beyond the seed "
+            "noise, gap 9.5 vs half-ranges (one seed) + 0.5)") in text
+    assert "On par with the twins (within the noise or better): no for small." in text
     assert "(best first): ortho_flops_component, stk_module." in text
     assert "`ortho_flops_component`, ranks 1 of 2 here: the claim holds" in text
     # DMAO: 33.25 vs 34.5 over seeds 0 and 1 -> -3.6 %; gap 1.25 > half-ranges 0.25 + 0.5: beyond the noise
     assert "DMAO (paper 3), `dmao_full` at seeds [0, 1]: 33.2 % CER" in text and "CER -3.6 %" in text
     assert "-7.0 % relative (paper 3: up to -6 % WER); better beyond the seed noise, gap 1." in text
     assert "Goal (>= 3 % relative better, beyond the noise): reached" in text
-    assert "`dmao_copy` at seeds [0]: 34.5 % CER" in text and "no seed spread on both sides" in text
+    assert "`dmao_copy` at seeds [0]: 34.5 % CER" in text and "one seed on each side, so no noise estimate" in text
     # distillation: small 37.5 +- 0.5 vs 40.0 +- 0: beyond the noise
     assert "small 37.5 vs 40.0 (-6.3 %; better beyond the seed noise, gap 2.5 vs half-ranges 0.5 + 0.0)" in text
     assert "Goal (the smallest size better beyond the noise): reached" in text

@@ -62,12 +62,15 @@ def config_mean(runs: list[dict], label: str) -> float:
 
 
 def noise_verdict(a: list[float], b: list[float]) -> str:
-    """How mean(a) compares with mean(b) (lower is better) against the seed noise of both."""
-    if len(a) < 2 or len(b) < 2:
-        return "no seed spread on both sides, so no noise estimate"
-    gap, noise = mean(a) - mean(b), half_range(a) + half_range(b)
+    """How mean(a) compares with mean(b) (lower is better) against the seed noise: the gap against the sum of both
+    half-ranges over seeds; a side with one seed adds nothing (and the verdict says so)."""
+    if len(a) < 2 and len(b) < 2:
+        return "one seed on each side, so no noise estimate"
+    gap, noise = mean(a) - mean(b), half_range(a) if len(a) > 1 else 0.0
+    noise += half_range(b) if len(b) > 1 else 0.0
     where = "within" if abs(gap) <= noise else f"{'better' if gap < 0 else 'worse'} beyond"
-    return f"{where} the seed noise, gap {pct(abs(gap))} vs half-ranges {pct(half_range(a))} + {pct(half_range(b))}"
+    spreads = " + ".join(pct(half_range(x)) if len(x) > 1 else "(one seed)" for x in (a, b))
+    return f"{where} the seed noise, gap {pct(abs(gap))} vs half-ranges {spreads}"
 
 
 def _size_cers(runs: list[dict], label: str, size: str) -> list[float]:
@@ -98,7 +101,10 @@ def paper_claims(runs: list[dict], base: dict, best: str) -> list[str]:
     for config, name in PAPER1.items():
         rows = against_twins(runs, base, config)
         if rows:
-            out.append(f"- Paper 1, {name} (`{config}`, paper-1 settings): " + "; ".join(rows) + ".")
+            behind = [r.split()[0] for r in rows if "worse beyond" in r]
+            out.append(f"- Paper 1, {name} (`{config}`, paper-1 settings): " + "; ".join(rows) + ". On par with the "
+                       "twins (within the noise or better): " + ("yes" if not behind else f"no for {', '.join(behind)}")
+                       + ".")
     ranked = sorted({key(r) for r in supernets(runs) if not r.get("variant")}, key=lambda c: config_mean(runs, c))
     out.append(f"- Ranking by mean CER over the three sizes (best first): {', '.join(ranked)}.")
     if PAPER2_BEST in ranked:

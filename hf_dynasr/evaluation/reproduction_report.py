@@ -123,8 +123,8 @@ def ablation_note(runs: list[dict]) -> list[str]:
                       for r in rows)
     return [f"Paper 2's ablation (the other criterion x granularity settings, mean CER over sizes): {means}. Recorded "
             f"at commit {', '.join(f'`{c}`' for c in commits)}; runs at another commit than the headline's used the "
-            "settings of that time (see `git log training/configs/repro/`), so they are listed in the run table but "
-            "left out of the headline and the ranking. `python scripts/reproduce.py --runs "
+            "settings and corpus of that time (see `git log training/configs/repro/`), so they are listed in the run "
+            "table but left out of the headline and the ranking. `python scripts/reproduce.py --runs "
             + ",".join(f"{c}_s0" for c in ABLATIONS) + "` trains them again.", ""]
 
 
