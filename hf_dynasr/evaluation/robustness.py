@@ -63,9 +63,10 @@ def train(run_dir: str, augmentation: dict | None, seed: int, *, config: str, co
 
 
 def evaluate(run_dir: str, *, corpus: str, heldout: str, max_samples: int) -> dict:
-    """CER per set and size of RUN_DIR/final on the in-domain test split, the held-out engine and telephone."""
+    """CER per set and size of RUN_DIR/final on the in-domain test split, the held-out engine and telephone
+    (evaluate_model.py's tables in RUN_DIR_eval/)."""
     sets = [f"audiofolder:{corpus}", f"audiofolder:{heldout}/heldout_engine", f"audiofolder:{heldout}/telephone"]
-    out = os.path.join(run_dir, "eval_sets")
+    out = run_dir + "_eval"  # beside the run: a training run folder refuses files no run wrote (a re-run would stop)
     subprocess.run([sys.executable, "scripts/evaluate_model.py", "--checkpoint", os.path.join(run_dir, "final"),
                     "--data", *sets, "--split", "test", "--max_samples", str(max_samples), "--latency_runs", "0",
                     "--output_dir", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
