@@ -167,7 +167,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     defaults = reproduction.ReproduceOptions()
     p = argparse.ArgumentParser(description=reproduction.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default=defaults.corpus, help="audiofolder corpus (synthesized if missing; "
-                   "docs/reproduction.md used 4,000 utterances, seed 0)")
+                   "docs/reproduction.md used the demo corpus: 8,000 utterances, seed 0)")
     p.add_argument("--num_utterances", type=int, default=defaults.num_utterances,
                    help="corpus size when it has to be synthesized")
     p.add_argument("--output_dir", default=defaults.output_dir, help="one sub-folder per run")

@@ -20,9 +20,9 @@ file whose folder is gone are kept as recorded (each entry names the commit, dat
 The second seed of the best supernet method is chosen after every seed-0 supernet has finished (lowest mean
 CER over its sizes).
 
-Duration on a 2-core CPU: the 14 recorded runs trained 2.5 hours in total, so the matrix takes about 1.5 hours of
-wall time 2 runs at a time, plus synthesizing the corpus and evaluating each run (docs/reproduction.md gives each
-run's training time); --report_only takes seconds.
+Duration on a 2-core CPU: the 20 runs of the matrix (paper 2's ablation aside) took 70 minutes of wall time 2 runs at
+a time on 2026-12-04, evaluation included, on the existing demo corpus (docs/reproduction.md gives each run's
+training time); --report_only takes seconds.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ REPORT_DIR = os.path.join("runs", "repro", "report")  # the default output: not 
 class ReproduceOptions:
     """What `reproduce` runs and where it writes; the command line options of the same names."""
 
-    corpus: str = "data/reproduce_corpus"
-    num_utterances: int = 4000
+    corpus: str = "data/demo_corpus"  # the demo's corpus (scripts/demo.sh: 8,000 utterances, seed 0)
+    num_utterances: int = 8000
     output_dir: str = "runs/repro"
     runs: str = "all"
     max_steps: int | None = None
