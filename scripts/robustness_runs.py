@@ -89,8 +89,9 @@ def main(argv=None) -> int:
                 run_dir = os.path.join(args.output_dir, run_name)
                 wall = robustness.train(run_dir, table[name], seed, config=args.config, corpus=args.corpus,
                                         max_steps=args.max_steps, workers=args.workers)
-                record_run(record, run_name, run_dir, args, recipe=name, seed=seed,
-                           augmentation=table[name], max_steps=args.max_steps, train_wall_s=round(wall, 1),
+                loop = read_json(os.path.join(run_dir, "final", "training_results.json"))["wall_time_s"]
+                record_run(record, run_name, run_dir, args, recipe=name, seed=seed, augmentation=table[name],
+                           max_steps=args.max_steps, train_wall_s=round(loop, 1), process_wall_s=round(wall, 1),
                            workers=args.workers if table[name] else 0)
                 write_json(results, record)  # after every run: a later failure keeps what finished
     write_json(results, record)

@@ -96,10 +96,10 @@ def worker_cost(corpus: str, augmentation: dict, count: int = 100) -> dict:
 
 
 def results_table(record: dict) -> list[str]:
-    """Markdown: per run, CER % per size (small / medium / full) on the three sets, the telephone and held-out
-    ratios of the full size, steps and training wall time."""
+    """Markdown: per run, CER % per size (small / medium / full) on the three sets, the held-out and telephone
+    ratios of the full size, steps and the training loop's wall time (training_results.json's)."""
     lines = ["| run | steps | in-domain | held-out engine | telephone | held-out / in-domain (full) | "
-             "telephone / in-domain (full) | train wall |", "|---|---:|---|---|---|---:|---:|---:|"]
+             "telephone / in-domain (full) | training loop |", "|---|---:|---|---|---|---:|---:|---:|"]
     for name, run in record.get("runs", {}).items():
         cer = run["cer"]
         if not all(s in cer for s in SETS):
