@@ -3,7 +3,7 @@
 # evaluate every size on the unseen test sentences, export per-size checkpoints with model cards and a
 # WER-vs-size plot. About 15 minutes on a 2-core CPU; `--quick` is a one-minute smoke version (16 updates: it
 # checks that every stage runs, it learns nothing yet: 100 % WER and empty transcripts are expected there); on a
-# slower machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,800.
+# slower machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,100.
 #   bash scripts/demo.sh [--quick] [--output_dir runs/demo] [--max_steps N]
 set -euo pipefail
 

@@ -164,4 +164,4 @@ def test_long_commands_say_how_long_and_the_quick_demo_what_to_expect():
     assert "[setup]" not in demo.stdout + demo.stderr  # --help installs nothing
     reproduce = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "reproduce.py"), "--help"],
                                capture_output=True, text=True, timeout=120)
-    assert reproduce.returncode == 0 and "1.5 hours" in reproduce.stdout and "--write_docs" in reproduce.stdout
+    assert reproduce.returncode == 0 and "70 minutes" in reproduce.stdout and "--write_docs" in reproduce.stdout
