@@ -149,3 +149,20 @@ def test_report_only_keeps_recorded_runs_whose_folders_are_gone(tmp_path):
     assert sorted(r["name"] for r in runs) == sorted(r["name"] for r in _record()["runs"])
     assert all(r["recorded"]["commit"] == "abc1234" and r["recorded"]["machine"]["cpu"] == "cpu" for r in runs)
     assert "Runs recorded at commit `abc1234` (today) on cpu, 2 cores, 2 runs at a time" in doc.read_text()
+
+
+def test_derived_runs_wait_for_their_inputs_and_resolving_writes_nothing(tmp_path):
+    from hf_dynasr.evaluation.reproduction_matrix import HEADLINE_SUPERNETS, resolve, write_derived_config
+    from hf_dynasr.trainer.options import read_config
+
+    assert resolve(str(tmp_path), "best_supernet_distill_s0", "best_supernet_distill") is None  # no seed-0 run yet
+    for i, config in enumerate(HEADLINE_SUPERNETS):  # the last one has the lowest mean CER
+        (tmp_path / f"{config}_s0" / "eval").mkdir(parents=True)
+        (tmp_path / f"{config}_s0" / "eval" / "results.json").write_text(
+            json.dumps({"sizes": {"full": {"cer": 0.5 - 0.1 * i}}}))
+    spec = resolve(str(tmp_path), "best_supernet_distill_s0", "best_supernet_distill")
+    assert spec["config"] == HEADLINE_SUPERNETS[-1] and spec["variant"] == "distillation 1"
+    assert not (tmp_path / "best_supernet_distill_s0.config.yaml").exists()
+    assert resolve(str(tmp_path), "best_supernet_equal_compute_s0", "best_supernet_equal_compute") is None  # baselines
+    write_derived_config(spec)
+    assert read_config(spec["path"])["selection"]["distillation_weight"] == 1.0

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from hf_dynasr.evaluation import machine_info
-from hf_dynasr.evaluation.reproduction_matrix import CONFIG_DIR, finished, resolve, run_matrix, selected_runs
+from hf_dynasr.evaluation.reproduction_matrix import (CONFIG_DIR, finished, resolve, run_matrix, selected_runs,
+                                                      write_derived_config)
 from hf_dynasr.evaluation.reproduction_report import write_report
 from hf_dynasr.json_io import read_json, write_json
 
@@ -140,7 +141,9 @@ def commands(opts: ReproduceOptions, name: str, spec: dict, seed: int) -> list[l
 def launch(opts: ReproduceOptions, name: str, spec: dict, seed: int) -> subprocess.Popen:
     """Train then evaluate, in one shell child so that the pool only tracks one process per run."""
     os.makedirs(opts.output_dir, exist_ok=True)
-    write_json(os.path.join(opts.output_dir, f"{name}.json"), {**spec, "seed": seed})
+    write_derived_config(spec)
+    write_json(os.path.join(opts.output_dir, f"{name}.json"),
+               {k: v for k, v in spec.items() if k != "config_values"} | {"seed": seed})
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads),
                TOKENIZERS_PARALLELISM="false")
     script = " && ".join(shlex.join(cmd) for cmd in commands(opts, name, spec, seed))

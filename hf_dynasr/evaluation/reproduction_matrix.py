@@ -93,8 +93,9 @@ def resolve(output_dir: str, name: str, config: str) -> dict | None:
     if best is None:
         return None
     spec = {"config": best, "path": os.path.join(CONFIG_DIR, f"{best}.yaml"), "train_args": [], "variant": None}
-    if config == DISTILL:
-        spec["path"] = distillation_config(output_dir, name, spec["path"])
+    if config == DISTILL:  # the config file is written at launch (`write_derived_config`): resolving stays read-only
+        spec["config_values"] = distillation_values(spec["path"])
+        spec["path"] = os.path.join(output_dir, f"{name}.config.yaml")
         spec["variant"] = f"distillation {DISTILLATION_WEIGHT:g}"
     elif config == EQUAL_COMPUTE:
         steps = equal_compute_steps(output_dir, best)
@@ -105,12 +106,16 @@ def resolve(output_dir: str, name: str, config: str) -> dict | None:
     return spec
 
 
-def distillation_config(output_dir: str, name: str, base: str) -> str:
-    """`base` with `selection.distillation_weight` set, written as `output_dir/NAME.config.yaml` (JSON is YAML)."""
+def distillation_values(base: str) -> dict:
+    """The options of the YAML file `base` with `selection.distillation_weight` set."""
     with open(base, encoding="utf-8") as f:
         values = yaml.safe_load(f) or {}
     values.setdefault("selection", {})["distillation_weight"] = DISTILLATION_WEIGHT
-    path = os.path.join(output_dir, f"{name}.config.yaml")
-    os.makedirs(output_dir, exist_ok=True)
-    write_json(path, values)
-    return path
+    return values
+
+
+def write_derived_config(spec: dict) -> None:
+    """Write a derived run's config (`spec["config_values"]`, from `resolve`) to `spec["path"]` (JSON is YAML)."""
+    if "config_values" in spec:
+        os.makedirs(os.path.dirname(spec["path"]) or ".", exist_ok=True)
+        write_json(spec["path"], spec["config_values"])
