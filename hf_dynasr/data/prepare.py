@@ -30,7 +30,7 @@ _IMPORT_PID = os.getpid()  # a different pid in _prepare_batch means a forked da
 
 __all__ = ["DROP_REASONS", "DroppedExample", "FilterReport", "ctc_output_length", "prepare_dataset", "prepare_example",
            "preparation_options", "prepare_transcript", "check_duration", "check_ctc_feasible",
-           "keep_usable", "DROP_COLUMNS"]
+           "keep_usable", "keep_usable_in_all", "map_features", "augmented_audio", "decoded_or_none", "DROP_COLUMNS"]
 
 
 DROP_REASONS = ("missing_audio", "unreadable_audio", "truncated_audio", "empty_audio", "non_finite_audio", "too_short",
@@ -172,14 +172,42 @@ def prepare_example(audio, text, o) -> tuple[str, np.ndarray, list[int], float]:
     return text, features, labels, duration
 
 
-def _prepare_batch(batch: dict[str, list], **o) -> dict[str, list]:
+def decoded_or_none(audio, sampling_rate: int) -> np.ndarray | None:
+    """The decoded waveform, or None when it does not decode to finite samples (:func:`prepare_example` decodes
+    it again and counts the reason)."""
+    try:
+        array = load_audio(audio, sampling_rate)
+    except Exception:  # noqa: BLE001
+        return None
+    return array if array.size and np.isfinite(array).all() else None
+
+
+def augmented_audio(audios: list, augmenter, keys: list[tuple[int, ...]], sampling_rate: int) -> list:
+    """Each of ``audios`` decoded and perturbed by ``augmenter`` (a :class:`hf_dynasr.data.augmentation.
+    Augmenter`) with its generator seeded by its key, the others being its babble sources; an audio that does not
+    decode is returned as it is, for :func:`prepare_example` to count."""
+    arrays = [decoded_or_none(audio, sampling_rate) for audio in audios]
+    usable = [array for array in arrays if array is not None]
+    out = []
+    for audio, array, key in zip(audios, arrays, keys):
+        if array is not None:
+            others = [other for other in usable if other is not array]
+            audio = {"array": augmenter(array, key, others), "sampling_rate": sampling_rate, "path": audio_path(audio)}
+        out.append(audio)
+    return out
+
+
+def _prepare_batch(batch: dict[str, list], indices: list[int], **o) -> dict[str, list]:
     if os.getpid() != _IMPORT_PID and torch.get_num_threads() != 1:
         # A forked map worker: the parent's OpenMP pool does not survive fork(), and entering it deadlocks.
         torch.set_num_threads(1)
     audio_column, text_column, n_mels = o["audio_column"], o["text_column"], o["n_mels"]
     out: dict[str, list] = {k: [] for k in (text_column, "input_features", "labels", "input_length", "duration",
                                             "_drop_reason", "_drop_path", "_drop_detail")}
-    for audio, text in zip(batch[audio_column], batch[text_column]):
+    audios = batch[audio_column]
+    if o.get("augmenter") is not None:  # an augmented copy: key (copy, row), as on the fly it is (epoch, row)
+        audios = augmented_audio(audios, o["augmenter"], [(o["copy"], i) for i in indices], o["sampling_rate"])
+    for audio, text in zip(audios, batch[text_column]):
         reason = detail = ""
         try:
             text, features, labels, duration = prepare_example(audio, text, o)
@@ -235,19 +263,37 @@ def prepare_dataset(
     options = preparation_options(feature_extractor, tokenizer, min_duration_s=min_duration_s,
                                   max_duration_s=max_duration_s, subsampling_factor=subsampling_factor, oov=oov)
     options.update(audio_column=audio_column, text_column=text_column)
-    n_mels = options["n_mels"]
-    if ds.features is not None and isinstance(ds.features.get(audio_column), Audio):
-        ds = ds.cast_column(audio_column, Audio(decode=False))
     report = FilterReport(max_examples=max_examples)
-    map_kwargs = dict(batched=True, batch_size=batch_size, remove_columns=[audio_column],
-                      features=_output_features(ds.features, audio_column, text_column, n_mels), fn_kwargs=options)
     if isinstance(ds, IterableDataset):
-        return _prepare_streaming(ds, map_kwargs, report), report
-    mapped = ds.map(_prepare_batch, writer_batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-                    desc="Preparing speech features", **map_kwargs)
-    prepared = keep_usable(mapped, report)
+        return _prepare_streaming(_undecoded(ds, audio_column), _map_kwargs(ds, options, batch_size), report), report
+    prepared = keep_usable(map_features(ds, options, num_proc=num_proc, batch_size=batch_size), report)
     logger.info("%s", report)
     return prepared, report
+
+
+def _undecoded(ds, audio_column: str):
+    """`ds` with its audio column left undecoded (this module decodes it, see :func:`prepare_dataset`)."""
+    if ds.features is not None and isinstance(ds.features.get(audio_column), Audio):
+        return ds.cast_column(audio_column, Audio(decode=False))
+    return ds
+
+
+def _map_kwargs(ds, options: dict, batch_size: int) -> dict:
+    audio_column, text_column = options["audio_column"], options["text_column"]
+    features = _output_features(_undecoded(ds, audio_column).features, audio_column, text_column, options["n_mels"])
+    return dict(batched=True, batch_size=batch_size, with_indices=True, remove_columns=[audio_column],
+                features=features, fn_kwargs=options)
+
+
+def map_features(ds: Dataset, options: dict, *, num_proc: int = 1, batch_size: int = 64) -> Dataset:
+    """``ds`` prepared row by row with the options of :func:`preparation_options` plus ``audio_column`` and
+    ``text_column`` (and, for an augmented copy, ``augmenter`` and ``copy``: its audio is perturbed with the key
+    ``(copy, row index)``), unusable rows kept with their drop reason: :func:`keep_usable` removes and counts
+    them. Cached by ``datasets`` under a fingerprint of the options."""
+    return _undecoded(ds, options["audio_column"]).map(
+        _prepare_batch, writer_batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
+        desc="Preparing speech features" + (f" (augmented copy {options['copy']})" if "copy" in options else ""),
+        **_map_kwargs(ds, options, batch_size))
 
 
 def preparation_options(feature_extractor, tokenizer, *, min_duration_s: float = 0.1,
@@ -308,13 +354,19 @@ def _prepare_streaming(ds: IterableDataset, map_kwargs: dict, report: FilterRepo
 
 def keep_usable(mapped: Dataset, report: FilterReport) -> Dataset:
     """The rows of `mapped` with no drop reason; every row counted into `report`."""
-    meta = mapped.select_columns(DROP_COLUMNS + ["duration"]).with_format(None)[:]
+    return keep_usable_in_all([mapped], report)[0]
+
+
+def keep_usable_in_all(copies: list[Dataset], report: FilterReport) -> list[Dataset]:
+    """The rows usable in every one of ``copies`` (the same rows prepared several ways), so that row ``i`` is
+    the same utterance in each; a row is counted into `report` once, with the first copy's drop reason."""
+    metas = [c.select_columns(DROP_COLUMNS + ["duration"]).with_format(None)[:] for c in copies]
     kept = []
-    for i, (reason, path, detail, duration) in enumerate(
-        zip(meta["_drop_reason"], meta["_drop_path"], meta["_drop_detail"], meta["duration"])
-    ):
-        report.add(reason, path or f"<row {i}>", detail, duration)
-        if not reason:
+    for i in range(len(copies[0])):
+        dropped = next((m for m in metas if m["_drop_reason"][i]), None)
+        meta = dropped or metas[0]
+        report.add(meta["_drop_reason"][i], meta["_drop_path"][i] or f"<row {i}>", meta["_drop_detail"][i],
+                   meta["duration"][i])
+        if dropped is None:
             kept.append(i)
-    prepared = mapped.select(kept) if len(kept) < len(mapped) else mapped
-    return prepared.remove_columns(DROP_COLUMNS)
+    return [(c.select(kept) if len(kept) < len(c) else c).remove_columns(DROP_COLUMNS) for c in copies]

@@ -45,6 +45,7 @@ from hf_dynasr.data.prepare import (
     DroppedExample,
     FilterReport,
     audio_path,
+    augmented_audio,
     check_ctc_feasible,
     check_duration,
     keep_usable,
@@ -219,24 +220,8 @@ def prepare_rows(rows: list[tuple], options: dict, augmenter: Augmenter | None =
     not decode to finite samples is left to :func:`prepare_row`, which counts it."""
     if augmenter is None:
         return [prepare_row(audio, text, options) for audio, text in rows]
-    sr = options["sampling_rate"]
-    arrays = [_decoded_or_none(audio, sr) for audio, _ in rows]
-    usable = [array for array in arrays if array is not None]
-    items = []
-    for (audio, text), array, key in zip(rows, arrays, keys):
-        if array is not None:
-            others = [other for other in usable if other is not array]
-            audio = {"array": augmenter(array, key, others), "sampling_rate": sr, "path": audio_path(audio)}
-        items.append(prepare_row(audio, text, options))
-    return items
-
-
-def _decoded_or_none(audio, sampling_rate: int) -> np.ndarray | None:
-    try:
-        array = load_audio(audio, sampling_rate)
-    except Exception:  # noqa: BLE001 - prepare_row decodes it again and counts the reason
-        return None
-    return array if array.size and np.isfinite(array).all() else None
+    audios = augmented_audio([audio for audio, _ in rows], augmenter, keys, options["sampling_rate"])
+    return [prepare_row(audio, text, options) for audio, (_, text) in zip(audios, rows)]
 
 
 class OnTheFlyCollator:

@@ -1,6 +1,7 @@
 """The training run's data: the training and evaluation sets and the loader that draws batches, by one of
-three pipelines (``--data_pipeline``): features precomputed once, computed on the fly in DataLoader workers
-from an index of the corpus, or read from a shuffled stream (``hf_dynasr.data.streaming``)."""
+three pipelines (``--data_pipeline``): features precomputed once (with ``--augmentation_copies``: of K augmented
+copies, ``hf_dynasr.data.augmented_copies``), computed on the fly in DataLoader workers from an index of the
+corpus, or read from a shuffled stream (``hf_dynasr.data.streaming``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from hf_dynasr.data import DataCollatorCTCWithPadding, DurationBatchSampler, load_speech_dataset, prepare_dataset
 from hf_dynasr.data.augmentation import Augmenter
+from hf_dynasr.data.augmented_copies import AugmentedCopiesDataset, prepare_augmented_copies
 from hf_dynasr.data.loading import check_distinct_splits, parse_spec
 from hf_dynasr.data.prepare import DROP_REASONS, FilterReport, preparation_options
 from hf_dynasr.data.processing import build_processor
@@ -109,9 +111,7 @@ def build_data(args: TrainArgs, accelerator: Accelerator) -> TrainData:
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     augmenter = Augmenter(args.augmentation_config(), seed=args.seed)  # training data only, never evaluation
-    if augmenter.enabled and args.data_pipeline == "precomputed":
-        raise SystemExit("error: --augmentation perturbs the audio every time an utterance is read, which "
-                         "precomputed features cannot; use --data_pipeline on_the_fly, streaming or auto")
+    _check_augmentation(args, augmenter)
     with accelerator.main_process_first():
         eval_ds, eval_report = _eval_set(args, processor)
         if args.data_pipeline == "streaming":
@@ -122,6 +122,22 @@ def build_data(args: TrainArgs, accelerator: Accelerator) -> TrainData:
     logger.info("train data (%s): %s", data.pipeline, data.reports["train"])
     logger.info("eval data: %s", eval_report)
     return data
+
+
+def _check_augmentation(args: TrainArgs, augmenter: Augmenter) -> None:
+    """SystemExit for an augmentation the chosen pipeline cannot apply."""
+    copies, pipeline = args.augmentation_copies, args.data_pipeline
+    if copies and not augmenter.enabled:
+        raise SystemExit("error: --augmentation_copies needs --augmentation with at least one family on "
+                         "(a <family>_prob > 0); set --augmentation_copies 0 to train without augmentation")
+    if copies and pipeline in ("on_the_fly", "streaming"):
+        raise SystemExit(f"error: --augmentation_copies {copies} precomputes augmented features, which "
+                         f"--data_pipeline {pipeline} does not read; use --data_pipeline precomputed or auto, or "
+                         "--augmentation_copies 0 to augment every read in the workers")
+    if augmenter.enabled and not copies and pipeline == "precomputed":
+        raise SystemExit("error: --augmentation perturbs the audio every time an utterance is read, which "
+                         "precomputed features cannot; use --data_pipeline on_the_fly, streaming or auto, or "
+                         "--augmentation_copies K to precompute K augmented copies of every utterance")
 
 
 def _eval_set(args: TrainArgs, processor):
@@ -136,7 +152,7 @@ def _indexed(args: TrainArgs, processor, options: dict, augmenter: Augmenter) ->
     """precomputed or on_the_fly (auto: on_the_fly with augmentation, else by the hours the header index
     finds)."""
     raw = load_speech_dataset(args.train_data, split=args.train_split, duplicates="drop")
-    pipeline = args.data_pipeline
+    pipeline = "precomputed" if args.augmentation_copies else args.data_pipeline
     index = report = None
     if pipeline != "precomputed":
         index, report = index_corpus(raw, options, num_proc=args.preprocessing_num_workers)
@@ -151,15 +167,24 @@ def _indexed(args: TrainArgs, processor, options: dict, augmenter: Augmenter) ->
                         hours, pipeline, args.precompute_max_hours)
     fe = processor.feature_extractor
     workers = args.dataloader_num_workers
-    if pipeline == "precomputed":
-        train_ds, report = prepare_dataset(raw, fe, processor.tokenizer, min_duration_s=args.min_duration_s,
-                                           max_duration_s=args.max_duration_s, num_proc=args.preprocessing_num_workers)
+    copies = None
+    limits = dict(min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s,
+                  num_proc=args.preprocessing_num_workers)
+    if pipeline == "precomputed" and args.augmentation_copies:
+        copies, report = prepare_augmented_copies(raw, fe, processor.tokenizer, augmenter, args.augmentation_copies,
+                                                  **limits)
+        train_ds = copies[0]
+    elif pipeline == "precomputed":
+        train_ds, report = prepare_dataset(raw, fe, processor.tokenizer, **limits)
     else:
         train_ds = index
     if len(train_ds) == 0:
         raise SystemExit(f"error: no usable training utterance in {args.train_data}: {report}")
     sampler = DurationBatchSampler.from_dataset(train_ds, args.max_batch_seconds, seed=args.seed)
-    if pipeline == "precomputed":
+    if copies:  # the sampler's epoch draws each row's copy (workers copy it when an epoch's iterator starts)
+        dataset = AugmentedCopiesDataset(copies, args.seed, epoch_source=sampler)
+        collate = DataCollatorCTCWithPadding(fe)
+    elif pipeline == "precomputed":
         dataset, collate = train_ds.with_format("numpy"), DataCollatorCTCWithPadding(fe)
     else:  # the sampler's epoch seeds the augmentation (workers copy it when an epoch's iterator starts)
         dataset = OnTheFlySpeechDataset(index, options, augmenter, epoch_source=sampler)

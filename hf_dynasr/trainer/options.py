@@ -30,7 +30,7 @@ TRAJECTORY_OPTIONS = (
     "streaming_shuffle_buffer", "model", "init_from", "subnets", "selection", "dmao", "max_steps",
     "max_batch_seconds", "sortagrad", "learning_rate", "weight_decay", "adam_epsilon", "adam_beta2",
     "lr_scheduler_type", "warmup_ratio", "decay_fraction", "lr_floor", "max_grad_norm", "gradient_accumulation_steps",
-    "mixed_precision", "spec_augment", "augmentation", "seed")
+    "mixed_precision", "spec_augment", "augmentation", "augmentation_copies", "seed")
 
 #: Allowed ranges of the numeric options, checked at parse time: option -> (lowest, highest, inclusive low).
 RANGES = {
@@ -40,7 +40,7 @@ RANGES = {
     "eval_steps": (0, None, True), "save_steps": (0, None, True), "save_total_limit": (0, None, True),
     "max_nonfinite_steps": (1, None, True), "num_processes": (1, None, True),
     "streaming_shuffle_buffer": (1, None, True), "synthesize_missing_corpus": (0, None, True),
-    "precompute_max_hours": (0, None, True),
+    "precompute_max_hours": (0, None, True), "augmentation_copies": (0, None, True),
     "max_batch_seconds": (0, None, False), "min_duration_s": (0, None, True), "max_duration_s": (0, None, False),
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "adam_epsilon": (0, None, False),
     "adam_beta2": (0, 1, False), "warmup_ratio": (0, 1, True), "decay_fraction": (0, 1, True),
@@ -135,11 +135,18 @@ class TrainArgs:
     spec_augment: bool = field(default=False, metadata={"help": "SpecAugment with the papers' values."})
     augmentation: dict | str | None = field(default=None, metadata={"help": (
         "Waveform augmentation of the training audio in the data workers (hf_dynasr.data.augmentation."
-        "AugmentationConfig; needs --data_pipeline on_the_fly or streaming, which auto then picks): each family "
+        "AugmentationConfig; needs --data_pipeline on_the_fly or streaming, which auto then picks, or "
+        "--augmentation_copies): each family "
         "on with its probability - speed_prob (speed_factors), silence_prob (silence_edge_s, silence_max_pauses, "
         "silence_pause_s, silence_level_db), reverb_prob (reverb_rt60_s, reverb_drr_db), noise_prob "
         "(noise_snr_db, noise_kinds: white, pink, brown, babble), telephone_prob (telephone_mu_law), gain_prob "
         "(gain_db); null = off. Evaluation audio is never augmented.")})
+    augmentation_copies: int = field(default=0, metadata={"help": (
+        "0: --augmentation perturbs every read in the DataLoader workers (on_the_fly or streaming). K > 0: K "
+        "augmented copies of every training utterance are featurised once before training (K times the "
+        "preparation time and feature cache; --data_pipeline precomputed, which auto then picks) and each read "
+        "takes one, drawn per epoch (hf_dynasr.data.augmented_copies): the steps run as fast as without "
+        "augmentation where the workers have no core of their own.")})
     eval_strategy: str | None = field(default=None, metadata={"help": (
         "no: evaluate only at the end; steps: also every --eval_steps updates. Default: steps when --eval_steps "
         "> 0, else no.")})
