@@ -3,12 +3,13 @@
 training split lacks, the telephone copy has no energy above 4 kHz, and one table reports every set."""
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import corpus_subset
+from conftest import REPO, corpus_subset
 from tiny_supernet import supernet  # noqa: F401  (a fixture)
 
 from hf_dynasr.data.heldout import make_heldout_sets, read_metadata
@@ -56,6 +57,30 @@ def test_evaluate_reports_a_column_per_set(supernet, corpus, tmp_path):  # noqa:
     assert f"| full | {100 * first['full']['cer']:.1f} | {100 * second['full']['cer']:.1f} | 1.00x |" in table
 
 
+def test_evaluate_scores_each_group_apart(supernet, corpus, tmp_path):  # noqa: F811
+    """--group_by engine: each engine's rows scored apart, the counts adding up to the set and the per-group CER
+    equal to scoring those rows alone; a column the data lacks is refused naming the columns it has."""
+    path, _ = supernet
+    spec = f"audiofolder:{corpus}"
+    assert evaluate_main(["--checkpoint", str(path), "--data", spec, "--latency_runs", "0", "--group_by", "engine",
+                          "--output_dir", str(tmp_path / "eval")]) == 0
+    sizes = json.loads((tmp_path / "eval" / "results.json").read_text())["sizes"]
+    engines = {row["engine"] for row in read_metadata(str(corpus / "test"))}
+    for size in sizes.values():
+        assert set(size["groups"]) == engines
+        assert sum(g["num_utterances"] for g in size["groups"].values()) == 3
+        if len(engines) == 1:
+            assert next(iter(size["groups"].values()))["cer"] == size["cer"]
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "CER % by engine:" in table and "| group | utterances |" in table
+    for engine in engines:
+        group = sizes["full"]["groups"][engine]
+        assert f"| {engine} | {group['num_utterances']} |" in table
+        assert table.split(f"| {engine} |")[1].split("\n")[0].endswith(f"{100 * group['cer']:.1f} |")
+    assert evaluate_main(["--checkpoint", str(path), "--data", spec, "--latency_runs", "0", "--group_by", "speaker",
+                          "--output_dir", str(tmp_path / "eval2")]) == 2
+
+
 def test_robustness_table_and_docs_markers(tmp_path):
     """The run table of docs/robustness_of_models.md is rendered from the results JSON, between its markers."""
     from hf_dynasr.evaluation import robustness
@@ -63,9 +88,14 @@ def test_robustness_table_and_docs_markers(tmp_path):
     cer = {"demo_corpus": {"small": 0.40, "medium": 0.38, "full": 0.30},
            "heldout_engine": {"small": 0.5, "medium": 0.5, "full": 0.36},
            "telephone": {"small": 0.6, "medium": 0.6, "full": 0.60}}
-    lines = robustness.results_table({"runs": {"none_s0": {"max_steps": 800, "train_wall_s": 215.3, "cer": cer}}})
-    assert lines[2] == ("| none_s0 | 800 | 40.0 / 38.0 / 30.0 | 50.0 / 50.0 / 36.0 | 60.0 / 60.0 / 60.0 | 1.20x | 2.00x "
-                        "| 215 s |")
+    copies = {"max_steps": 2800, "train_wall_s": 669.1, "cer": cer, "augmentation": {"telephone_prob": 0.25,
+                                                                                     "telephone_mu_law": 0.5},
+              "copies": 2}
+    lines = robustness.results_table({"runs": {"none_s0": {"max_steps": 800, "train_wall_s": 215.3, "cer": cer},
+                                               "copies": copies}})
+    assert lines[2] == ("| none_s0 | none | 800 | 40.0 / 38.0 / 30.0 | 50.0 / 50.0 / 36.0 | 60.0 / 60.0 / 60.0 | 1.20x | "
+                        "2.00x | 215 s |")
+    assert lines[3].startswith("| copies | telephone 0.25; 2 precomputed copies | 2800 |")
     doc = tmp_path / "page.md"
     doc.write_text(f"intro\n{robustness.MARKER}\nold table\n{robustness.MARKER}\nafter\n")
     robustness.replace_table(str(doc), lines)
@@ -75,3 +105,23 @@ def test_robustness_table_and_docs_markers(tmp_path):
     with pytest.raises(ValueError, match="needs exactly two '<!-- robustness-runs -->' lines"):
         robustness.replace_table(str(doc), lines)
     assert doc.read_text() == "no markers\n"  # left as it was
+
+
+def test_robustness_recipes_replace_the_configs_augmentation(monkeypatch, tmp_path):
+    """A recipe's training command states its augmentation whatever the config says: "none" trains without the
+    demo config's telephone augmentation, an augmented recipe per read (on_the_fly) or from precomputed copies."""
+    from hf_dynasr.evaluation import robustness
+    from hf_dynasr.trainer.options import parse_args
+
+    commands = []
+    monkeypatch.setattr(robustness.subprocess, "run", lambda cmd, **kwargs: commands.append(cmd))
+    table = robustness.recipes()
+    for recipe, copies in (("none", 0), ("only_telephone", 0), ("telephone_speed", 3)):
+        robustness.train(str(tmp_path / recipe), table[recipe], 0, config=os.path.join(REPO, "training", "configs", "demo_cpu.yaml"),
+                         corpus="data/demo_corpus", max_steps=10, workers=1, copies=copies)
+    none, per_read, precomputed = (parse_args(cmd[2:]) for cmd in commands)
+    assert not none.augmentation_config().enabled and none.augmentation_copies == 0
+    assert per_read.augmentation == {"telephone_prob": 0.25} and per_read.augmentation_copies == 0
+    assert per_read.data_pipeline == "on_the_fly"
+    assert precomputed.augmentation == {"telephone_prob": 0.25, "speed_prob": 0.6}
+    assert precomputed.augmentation_copies == 3 and precomputed.data_pipeline == "auto"

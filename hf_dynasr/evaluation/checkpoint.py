@@ -48,6 +48,7 @@ def evaluate_checkpoint(
     audio_column: str = "audio",
     max_samples: int | None = None,
     decoder=None,
+    group_by: str | None = None,
 ) -> dict:
     """Evaluate every size of a supernet checkpoint (or the one size of a per-size checkpoint).
 
@@ -59,7 +60,10 @@ def evaluate_checkpoint(
     "latency_setup", "sizes": {name: {wer, cer, substitutions, deletions, insertions, hits, num_words,
     num_parameters, flops, latency_ms, feature_extraction_ms, rtf, ...}}}`, sizes ordered by parameters.
     `decoder`: also decode with it (e.g. `hf_dynasr.lm.decoding.load_lm_decoder(lm_dir, tokenizer)`) and add
-    `lm_wer`, `lm_cer` and `lm` (all scores + examples) per size, and `lm_decoder` (its settings)."""
+    `lm_wer`, `lm_cer` and `lm` (all scores + examples) per size, and `lm_decoder` (its settings).
+    `group_by`: a column of `dataset` (e.g. a synthesized corpus's `engine` or `voice`): also score each of its
+    values apart, `groups: {value: {num_utterances, wer, cer}}` per size; ValueError naming the columns there are
+    when it has no such column."""
     model, processor, path = load_model_and_processor(model_or_dir, processor)
     names = size_names(model, subnets)
     models = {name: size_model(model, name) for name in names}
@@ -71,10 +75,13 @@ def evaluate_checkpoint(
     }
     if dataset is not None:
         batches = _batches(dataset, batch_size, max_samples, text_column, audio_column)
+        groups = _column(dataset, group_by) if group_by else None
         refs, hyps, lm_hyps, seconds = _transcribe(models, processor, batches, decoder)
         out.update(num_utterances=len(refs), audio_duration_s=seconds)
         for name in names:
             sizes[name].update(_scores(refs, hyps[name], normalize))
+            if groups is not None:
+                sizes[name]["groups"] = _group_scores(refs, hyps[name], groups, normalize)
             if decoder is not None:
                 lm = _scores(refs, lm_hyps[name], normalize)
                 sizes[name].update(lm_wer=lm["wer"], lm_cer=lm["cer"], lm=lm)
@@ -128,6 +135,29 @@ def _transcribe(models: dict, processor, batches, decoder):
                 lm_hyps[name].extend(decoded)
             hyps[name].extend(got)
     return refs, hyps, lm_hyps, seconds
+
+
+def _column(dataset, column: str) -> list:
+    """The values of `column` in `dataset` (a datasets.Dataset or a sequence of row dicts)."""
+    names = getattr(dataset, "column_names", None)
+    if names is None:
+        names = list(dataset[0]) if len(dataset) else []
+    if column not in names:
+        raise ValueError(f"group_by={column!r}: the dataset has no such column; it has {', '.join(names)}")
+    return list(dataset[column]) if hasattr(dataset, "column_names") else [row[column] for row in dataset]
+
+
+def _group_scores(refs: list[str], hyps: list[str], groups: list, normalize: bool) -> dict:
+    """{group value: {num_utterances, wer, cer}} over the scored rows (the first len(refs) of `groups`)."""
+    members: dict[str, list[int]] = {}
+    for i, value in enumerate(groups[:len(refs)]):
+        members.setdefault(str(value), []).append(i)
+    out = {}
+    for value in sorted(members):
+        rows = members[value]
+        scores = wer_cer([refs[i] for i in rows], [hyps[i] for i in rows], normalize=normalize)
+        out[value] = {"num_utterances": len(rows), "wer": scores["wer"], "cer": scores["cer"]}
+    return out
 
 
 def _scores(refs: list[str], hyps: list[str], normalize: bool) -> dict:

@@ -48,6 +48,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio_dir", help="an audiofolder directory (audio + metadata.csv); alternative to --data")
     p.add_argument("--split", default="test", help="split / subdirectory to evaluate (default: test)")
     p.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N utterances")
+    p.add_argument("--group_by", default=None, metavar="COLUMN", help="also score each value of this column apart, "
+                   "e.g. engine or voice of a synthesized corpus (a table per set in results.md / results_sets.md)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_threads", type=int, default=None, help="torch threads for latency (default: torch's)")
     p.add_argument("--latency_runs", type=int, default=5, help="timed runs per size (median); 0 = no latency")
@@ -94,13 +96,19 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             args.checkpoint, load_speech_dataset(spec, split=args.split), subnets=args.subnets,
             batch_size=args.batch_size, normalize=not args.no_normalize, latency=first and args.latency_runs > 0,
             latency_runs=args.latency_runs, num_threads=args.num_threads, dataset_name=spec, split=args.split,
-            max_samples=args.max_samples, decoder=decoder)
+            max_samples=args.max_samples, decoder=decoder, group_by=args.group_by)
 
     specs = args.data or [f"audiofolder:{args.audio_dir}"]
-    if len(specs) > 1:
-        _write_sets(args, sets.evaluate_sets(evaluate, specs))
-        return 0
-    _write_results(args, evaluate(specs[0]), decoder)
+    try:
+        if len(specs) > 1:
+            _write_sets(args, sets.evaluate_sets(evaluate, specs))
+        else:
+            _write_results(args, evaluate(specs[0]), decoder)
+    except ValueError as err:
+        if not str(err).startswith("group_by="):  # only a --group_by column the data lacks is bad input here
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -121,6 +129,8 @@ def _write_sets(args, results: dict) -> None:
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results_sets.json"), results)
     table = sets.sets_markdown(results, "cer") + "\n" + sets.sets_markdown(results, "wer")
+    table += "".join("\n" + sets.groups_markdown(r, title=f"{label}, CER % by {args.group_by}:")
+                     for label, r in results["sets"].items() if args.group_by)
     with open(os.path.join(out, "results_sets.md.tmp"), "w", encoding="utf-8") as f:
         f.write(table)
     os.replace(os.path.join(out, "results_sets.md.tmp"), os.path.join(out, "results_sets.md"))
@@ -143,6 +153,8 @@ def _write_results(args, results: dict, decoder) -> None:
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results.json"), results)
     table = results_markdown(results)
+    if args.group_by:
+        table += "\n" + sets.groups_markdown(results, title=f"CER % by {args.group_by}:")
     samples = samples_markdown(results)
     markdown = os.path.join(out, "results.md")
     with open(markdown + ".tmp", "w", encoding="utf-8") as f:

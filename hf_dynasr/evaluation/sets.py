@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-__all__ = ["evaluate_sets", "set_label", "sets_markdown"]
+__all__ = ["evaluate_sets", "groups_markdown", "set_label", "sets_markdown"]
 
 
 def set_label(spec: str) -> str:
@@ -42,3 +42,21 @@ def sets_markdown(results: Mapping, metric: str = "cer") -> str:
     notes = [f"- {label}: `{s['spec']}` ({s.get('split')}), {s.get('num_utterances', 0)} utterances"
              for label, s in sets.items()]
     return "\n".join(lines + [""] + notes) + "\n"
+
+
+def groups_markdown(results: Mapping, metric: str = "cer", title: str = "") -> str:
+    """A markdown table of one set's results scored per group (``evaluate_checkpoint(group_by=...)``): one row per
+    group value with its utterance count, one column per size; empty when the results have no groups."""
+    sizes = results.get("sizes", {})
+    names = [name for name, size in sizes.items() if "groups" in size]
+    if not names:
+        return ""
+    values = list(sizes[names[0]]["groups"])
+    lines = ([f"{title}", ""] if title else []) + [
+             "| group | utterances | " + " | ".join(f"{n} {metric.upper()} %" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for value in values:
+        cells = [f"{100 * sizes[n]['groups'][value][metric]:.1f}" for n in names]
+        count = sizes[names[0]]["groups"][value]["num_utterances"]
+        lines.append(f"| {value} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
