@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0", help="comma list of seeds")
     p.add_argument("--max_steps", type=int, default=800)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers of the augmented runs")
+    p.add_argument("--copies", type=int, default=0, help="augmented runs: 0 augments every read in the workers, K > 0 "
+                   "precomputes K augmented copies (--augmentation_copies)")
     p.add_argument("--config", default=os.path.join("training", "configs", "demo_cpu.yaml"))
     p.add_argument("--corpus", default="data/demo_corpus")
     p.add_argument("--heldout", default="data/demo_heldout", help="folder from python -m hf_dynasr.data.heldout")
@@ -80,19 +82,22 @@ def main(argv=None) -> int:
         for item in args.existing:
             name, _, run_dir = item.partition("=")
             train = read_json(os.path.join(run_dir, "final", "training_results.json"))
-            record_run(record, name, run_dir, args, recipe="existing run " + run_dir, seed=None,
-                       augmentation=None, max_steps=train.get("steps"), train_wall_s=round(train["wall_time_s"], 1))
+            options = read_json(os.path.join(run_dir, "training_args.json"))
+            record_run(record, name, run_dir, args, recipe="existing run " + run_dir, seed=options.get("seed"),
+                       augmentation=options.get("augmentation") or None, copies=options.get("augmentation_copies", 0),
+                       max_steps=train.get("steps"), train_wall_s=round(train["wall_time_s"], 1))
     else:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for name in args.recipes.split(","):
                 run_name = f"{name}{args.tag}_s{seed}"
                 run_dir = os.path.join(args.output_dir, run_name)
                 wall = robustness.train(run_dir, table[name], seed, config=args.config, corpus=args.corpus,
-                                        max_steps=args.max_steps, workers=args.workers)
+                                        max_steps=args.max_steps, workers=args.workers, copies=args.copies)
                 loop = read_json(os.path.join(run_dir, "final", "training_results.json"))["wall_time_s"]
                 record_run(record, run_name, run_dir, args, recipe=name, seed=seed, augmentation=table[name],
                            max_steps=args.max_steps, train_wall_s=round(loop, 1), process_wall_s=round(wall, 1),
-                           workers=args.workers if table[name] else 0)
+                           workers=args.workers if table[name] and not args.copies else 0,
+                           copies=args.copies if table[name] else 0)
                 write_json(results, record)  # after every run: a later failure keeps what finished
     write_json(results, record)
     lines = robustness.results_table(record)

@@ -42,20 +42,25 @@ def recipes() -> dict[str, dict | None]:
     for family, values in MIX.items():
         out[f"only_{family}"] = dict(values)
         out[f"no_{family}"] = {k: v for f, values in MIX.items() if f != family for k, v in values.items()}
+    out["telephone_speed"] = {**MIX["telephone"], **MIX["speed"]}  # the demo's telephone with speed perturbation
     return out
 
 
 def train(run_dir: str, augmentation: dict | None, seed: int, *, config: str, corpus: str, max_steps: int,
-          workers: int) -> float:
-    """Train one recipe into `run_dir` (its log beside it, RUN_DIR.log); returns the wall seconds it took."""
+          workers: int, copies: int = 0) -> float:
+    """Train one recipe into `run_dir` (its log beside it, RUN_DIR.log); returns the wall seconds it took. The
+    recipe's augmentation replaces the config's (none: off); `copies` > 0 precomputes that many augmented copies
+    (``--augmentation_copies``), 0 augments every read in `workers` DataLoader workers."""
     os.makedirs(os.path.dirname(run_dir) or ".", exist_ok=True)
     cmd = [sys.executable, "training/train.py", "--config", config, "--output_dir", run_dir, "--overwrite_output_dir",
            "--max_steps", str(max_steps), "--save_steps", "0", "--seed", str(seed),
            "--train_data", f"audiofolder:{corpus}", "--eval_data", f"audiofolder:{corpus}",
-           "--max_eval_utterances", "20"]
-    if augmentation:  # augmentation runs in DataLoader workers, on audio decoded there
-        cmd += ["--augmentation", json.dumps(augmentation), "--data_pipeline", "on_the_fly",
-                "--dataloader_num_workers", str(workers)]
+           "--max_eval_utterances", "20", "--augmentation", json.dumps(augmentation or {}),
+           "--augmentation_copies", str(copies if augmentation else 0)]
+    if augmentation and not copies:  # augmentation runs in DataLoader workers, on audio decoded there
+        cmd += ["--data_pipeline", "on_the_fly", "--dataloader_num_workers", str(workers)]
+    else:
+        cmd += ["--data_pipeline", "auto", "--dataloader_num_workers", "0"]
     start = time.time()
     with open(run_dir + ".log", "w", encoding="utf-8") as log:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=log)
@@ -95,18 +100,29 @@ def worker_cost(corpus: str, augmentation: dict, count: int = 100) -> dict:
             "mean_utt_s": round(seconds, 2), "utterances": count}
 
 
+def describe_augmentation(run: dict) -> str:
+    """"none", or the families' probabilities and where the audio was perturbed (per read, or K copies)."""
+    augmentation = run.get("augmentation") or {}
+    families = ", ".join(f"{key[:-5]} {value}" for key, value in augmentation.items() if key.endswith("_prob"))
+    if not families:
+        return "none"
+    copies = run.get("copies") or 0
+    return f"{families}; {copies} precomputed copies" if copies else f"{families}; per read"
+
+
 def results_table(record: dict) -> list[str]:
     """Markdown: per run, CER % per size (small / medium / full) on the three sets, the held-out and telephone
     ratios of the full size, steps and the training loop's wall time (training_results.json's)."""
-    lines = ["| run | steps | in-domain | held-out engine | telephone | held-out / in-domain (full) | "
-             "telephone / in-domain (full) | training loop |", "|---|---:|---|---|---|---:|---:|---:|"]
+    lines = ["| run | augmentation | steps | in-domain | held-out engine | telephone | held-out / in-domain (full) | "
+             "telephone / in-domain (full) | training loop |", "|---|---|---:|---|---|---|---:|---:|---:|"]
     for name, run in record.get("runs", {}).items():
         cer = run["cer"]
         if not all(s in cer for s in SETS):
             continue
         cells = [" / ".join(f"{100 * cer[s][size]:.1f}" for size in ("small", "medium", "full")) for s in SETS]
         ratios = [f"{cer[s]['full'] / cer['demo_corpus']['full']:.2f}x" for s in SETS[1:]]
-        lines.append(f"| {name} | {run['max_steps']} | {' | '.join(cells)} | {' | '.join(ratios)} | "
+        lines.append(f"| {name} | {describe_augmentation(run)} | {run['max_steps']} | {' | '.join(cells)} | "
+                     f"{' | '.join(ratios)} | "
                      f"{run['train_wall_s']:.0f} s |")
     return lines
 
