@@ -1,5 +1,6 @@
 """Shared fixtures. Tests never touch the network: HF_HUB_OFFLINE is forced on."""
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,6 +129,35 @@ def train_in_process(args, callbacks=None):
         main([str(a) for a in args], callbacks=callbacks)
     finally:
         AcceleratorState._reset_state(True)
+
+
+@contextlib.contextmanager
+def cpu_accelerator():
+    """A fresh CPU `Accelerator`, accelerate's process-wide state reset before and after (see `train_in_process`)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    try:
+        yield Accelerator(cpu=True)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def train_and_resume(common, tmp_path, step: int = 3):
+    """Train `common` (arguments without --output_dir, saving a checkpoint at `step`) into tmp_path/whole, then
+    again into tmp_path/part resumed from that checkpoint; assert both end with the same weights bit for bit.
+    Returns the whole run's folder."""
+    from safetensors.torch import load_file
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train_in_process([*common, "--output_dir", whole])
+    shutil.copytree(whole / "checkpoints" / f"step_{step}", part / "checkpoints" / f"step_{step}")
+    shutil.copy(whole / "training_args.json", part / "training_args.json")
+    train_in_process([*common, "--output_dir", part, "--resume_from_checkpoint", "latest"])
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (whole, part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return whole
 
 
 def mismatched_copy(path, dest):

@@ -4,16 +4,12 @@ lands at the requested SNR, silence is low-level noise, not zeros), the result i
 utterance's place in the data stream (so resumed streams match), and evaluation data is never augmented."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from conftest import train_in_process
-from safetensors.torch import load_file
+from conftest import cpu_accelerator, train_and_resume
 from test_training import SMOKE
 
 from hf_dynasr.data import load_audio, load_speech_dataset, prepare_dataset
@@ -189,17 +185,13 @@ def test_training_data_is_augmented_and_evaluation_data_is_not(smoke_corpus, tmp
     common = ["--config", SMOKE, "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data",
               f"audiofolder:{smoke_corpus}", "--output_dir", str(tmp_path / "run"), "--max_eval_utterances", "3"]
     augmentation = '{"noise_prob": 1.0, "telephone_prob": 1.0}'
-    AcceleratorState._reset_state(True)
-    try:
-        accelerator = Accelerator(cpu=True)
+    with cpu_accelerator() as accelerator:
         data = build_data(parse_args([*common, "--augmentation", augmentation, "--data_pipeline", "auto"]),
                           accelerator)
         plain = build_data(parse_args([*common, "--data_pipeline", "on_the_fly"]), accelerator)
         with pytest.raises(SystemExit, match="--data_pipeline on_the_fly, streaming or auto"):
             build_data(parse_args([*common, "--augmentation", augmentation, "--data_pipeline", "precomputed"]),
                        accelerator)
-    finally:
-        AcceleratorState._reset_state(True)
     assert data.pipeline == "on_the_fly"
     item, plain_item = data.loader.dataset[0], plain.loader.dataset[0]
     assert item["input_features"].shape == plain_item["input_features"].shape
@@ -221,13 +213,7 @@ def test_augmented_training_resumes_bitwise(smoke_corpus, tmp_path):
               f"audiofolder:{smoke_corpus}", "--max_steps", 6, "--save_steps", 3, "--save_total_limit", 3,
               "--dataloader_num_workers", 1, "--max_eval_utterances", 2, "--augmentation",
               '{"speed_prob": 0.5, "noise_prob": 0.5, "silence_prob": 0.5, "telephone_prob": 0.5}']
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    train_in_process([*common, "--output_dir", whole])
-    shutil.copytree(whole / "checkpoints" / "step_3", part / "checkpoints" / "step_3")
-    shutil.copy(whole / "training_args.json", part / "training_args.json")
-    train_in_process([*common, "--output_dir", part, "--resume_from_checkpoint", "latest"])
-    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (whole, part))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    whole = train_and_resume(common, tmp_path)
     assert json.loads((whole / "data_report.json").read_text())["train_workers"]["pipeline"] == "on_the_fly"
 
 

@@ -3,16 +3,11 @@ each copy is the Augmenter's output for (copy, row), rows stay aligned across co
 per epoch, and training with copies reads the precomputed features and resumes bit for bit."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
-import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from conftest import train_in_process
+from conftest import cpu_accelerator, train_and_resume
 from datasets import Audio
-from safetensors.torch import load_file
 from test_training import SMOKE
 
 from hf_dynasr.data import load_audio, load_speech_dataset, prepare_dataset
@@ -110,9 +105,7 @@ def test_build_data_picks_precomputed_copies_and_refuses_mismatches(smoke_corpus
     common = ["--config", SMOKE, "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data",
               f"audiofolder:{smoke_corpus}", "--output_dir", str(tmp_path / "run"), "--max_eval_utterances", "3"]
     telephone = '{"telephone_prob": 0.5}'
-    AcceleratorState._reset_state(True)
-    try:
-        accelerator = Accelerator(cpu=True)
+    with cpu_accelerator() as accelerator:
         data = build_data(parse_args([*common, "--augmentation", telephone, "--augmentation_copies", "2"]),
                           accelerator)
         with pytest.raises(SystemExit, match="--data_pipeline precomputed or auto"):
@@ -123,8 +116,6 @@ def test_build_data_picks_precomputed_copies_and_refuses_mismatches(smoke_corpus
         with pytest.raises(SystemExit, match="--augmentation_copies K"):
             build_data(parse_args([*common, "--augmentation", telephone, "--data_pipeline", "precomputed"]),
                        accelerator)
-    finally:
-        AcceleratorState._reset_state(True)
     assert data.pipeline == "precomputed"
     assert isinstance(data.loader.dataset, AugmentedCopiesDataset) and len(data.loader.dataset.copies) == 2
 
@@ -136,12 +127,6 @@ def test_training_with_copies_resumes_bitwise(smoke_corpus, tmp_path):
               f"audiofolder:{smoke_corpus}", "--max_steps", 6, "--save_steps", 3, "--save_total_limit", 3,
               "--dataloader_num_workers", 1, "--max_eval_utterances", 2, "--augmentation_copies", 2,
               "--augmentation", '{"speed_prob": 0.5, "telephone_prob": 0.5}']
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    train_in_process([*common, "--output_dir", whole])
-    shutil.copytree(whole / "checkpoints" / "step_3", part / "checkpoints" / "step_3")
-    shutil.copy(whole / "training_args.json", part / "training_args.json")
-    train_in_process([*common, "--output_dir", part, "--resume_from_checkpoint", "latest"])
-    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (whole, part))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    whole = train_and_resume(common, tmp_path)
     report = json.loads((whole / "data_report.json").read_text())
     assert "train_workers" not in report and report["train"]["total_kept"] > 0
