@@ -3,7 +3,7 @@
 # evaluate every size on the unseen test sentences, export per-size checkpoints with model cards and a
 # WER-vs-size plot. About 15 minutes on a 2-core CPU; `--quick` is a one-minute smoke version (16 updates: it
 # checks that every stage runs, it learns nothing yet: 100 % WER and empty transcripts are expected there); on a
-# slower machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,100.
+# slower machine `--max_steps N` trains fewer steps than training/configs/demo_cpu.yaml's 2,600.
 #   bash scripts/demo.sh [--quick] [--output_dir runs/demo] [--max_steps N]
 set -euo pipefail
 
@@ -55,5 +55,5 @@ echo "plots: $OUT/eval/pareto.png $OUT/eval/training_curve.png   per-size checkp
 if [ "$QUICK" = 1 ]; then
   echo "note: --quick trained 16 updates on $N utterances to check that every stage runs; a CTC model that young"
   echo "      outputs only blanks, so 100 % WER and empty transcripts are expected here. The full demo"
-  echo "      (bash scripts/demo.sh, about 15 minutes) reaches 25-27 % CER."
+  echo "      (bash scripts/demo.sh, about 15 minutes) reaches 27-28 % CER."
 fi
