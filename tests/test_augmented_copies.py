@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import cpu_accelerator, train_and_resume
+from conftest import cpu_accelerator, run_train, train_and_resume
 from datasets import Audio
-from test_training import SMOKE
+from test_training import DDP_LAUNCHER, SMOKE
 
 from hf_dynasr.data import load_audio, load_speech_dataset, prepare_dataset
 from hf_dynasr.data.augmentation import AugmentationConfig, Augmenter
@@ -130,3 +130,18 @@ def test_training_with_copies_resumes_bitwise(smoke_corpus, tmp_path):
     whole = train_and_resume(common, tmp_path)
     report = json.loads((whole / "data_report.json").read_text())
     assert "train_workers" not in report and report["train"]["total_kept"] > 0
+
+
+def test_two_processes_read_the_copies_alike(smoke_corpus, tmp_path):
+    """accelerate launch with 2 processes (gloo on CPU): the main process prepares the copies first, the other
+    then finds them, the run trains from the copies to the end, and both ranks end with the same weights."""
+    out = tmp_path / "ddp"
+    run_train(["--config", SMOKE, "--output_dir", out, "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data",
+               f"audiofolder:{smoke_corpus}", "--max_steps", "6", "--save_steps", "0", "--num_processes", "2",
+               "--augmentation", '{"telephone_prob": 0.5}', "--augmentation_copies", "2"],
+              launcher=DDP_LAUNCHER, env={"ACCELERATE_USE_CPU": "1"})
+    results = json.loads((out / "final" / "training_results.json").read_text())
+    assert results["num_processes"] == 2
+    checksums = results["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert json.loads((out / "data_report.json").read_text())["train"]["total_kept"] > 0
