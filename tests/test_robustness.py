@@ -145,6 +145,19 @@ def test_kill_and_resume_with_dmao_reshape(corpus, tmp_path):
     assert config == json.loads((out / "final" / "config.json").read_text())
 
 
+def test_kill_and_resume_a_supernet_after_its_dmao_event(corpus, tmp_path):
+    """Supernet + DMAO: stage 1 ends at step 2, the reshape comes at step 4; killed after step 5, resumed from the
+    reshaped checkpoint 4 (its selector was built on the pre-reshape model): the same weights, config and sizes."""
+    extra = ["--model", json.dumps({**MODEL, "conv_granularity": "chunk"}),
+             "--dmao", json.dumps({"events": [0.5], "update_every": 1}),
+             "--subnets", json.dumps({"small": 0.5, "mid": 0.75}),
+             "--selection", json.dumps({"method": "ortho_softmax", "criterion": "flops", "stage1_fraction": 0.25})]
+    ref, out = _kill_resume_matches(corpus, tmp_path, extra, Faults(kill_after_step=5), 4)
+    config = json.loads((ref / "final" / "config.json").read_text())
+    assert config["architecture_spec"] != [{"ffn1": 96, "mhsa": 4, "conv": 48, "ffn2": 96}] * 2  # it reshaped
+    assert config == json.loads((out / "final" / "config.json").read_text())
+
+
 def test_kill_and_resume_across_the_stage_boundary(corpus, tmp_path):
     """Supernet: killed while writing checkpoint 4 (the stage boundary), resumed in stage 1 from step 2."""
     extra = ["--model", json.dumps(MODEL), "--subnets", json.dumps({"small": 0.5, "mid": 0.75}),

@@ -101,7 +101,7 @@ def test_stage1_schedule_gives_nested_budget_masks(supernets, method, granularit
         selector.end_of_step(step)
     assert score_grad > 0.0
 
-    info = selector.describe(selector.stage1_steps())
+    info = selector.selection_stats()  # at the end of stage 1
     if method == "simple_top_k":
         assert int(selector.k) == selector.k_min == info["k"]
     elif method == "iterative_zero_out":  # the smallest size's budget is reached at the end of stage 1
@@ -168,6 +168,31 @@ def test_soft_top_k_matches_the_paper_relaxation_where_it_stays_below_one():
 
 
 # --- resume -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_selector_resumed_after_a_reshape_keeps_its_saved_state(supernets, method):
+    """After stage 1 a selector built on a model of another component count (a DMAO reshape since the checkpoint)
+    takes the saved tensors as they are, in place, and logs no stale selection numbers; in stage 1 the mismatch
+    is refused."""
+    _, _, before = supernets["component"]
+    _, _, after = supernets["module"]
+    assert len(before.params) != len(after.params)
+    kwargs = dict(criterion="params", total_steps=6, stage1_fraction=0.5)
+    saved = build_selector(method, before, SIZES["params"], **kwargs)
+    early = copy.deepcopy(saved.state_dict())  # at step 0: stage 1
+    for step in range(4):
+        saved.end_of_step(step)
+    resumed = build_selector(method, after, SIZES["params"], **kwargs)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        resumed.load_state_dict(early)
+    scores = resumed.scores
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.scores is scores and torch.equal(resumed.scores, saved.scores)  # the optimizer's Parameter
+    assert resumed.state_dict().keys() == saved.state_dict().keys()
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in resumed.state_dict().items())
+    assert resumed.describe(4) == saved.describe(4) == {"step": 4, "stage": 2}
+    assert set(saved.describe(0)) > {"step", "stage"}  # stage 1 logs the method's numbers
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_state_dict_round_trip_mid_schedule(supernets, method):
     config, _, costs = supernets["component"]

@@ -157,6 +157,22 @@ class SubnetSelector(nn.Module, abc.ABC):
     def smallest(self) -> str:
         return next(iter(self.sizes))
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A DMAO event reshapes the model only after stage 1 (events in stage 1 are refused at start-up) and leaves
+        # the selector, whose selection is over, as it was. A run resumed after an event builds its selector on the
+        # reshaped model, so the tensors sized by the component count differ from the checkpoint's: once stage 1 is
+        # over they are taken as saved, in place (the optimizer keeps the same Parameter objects), so the resumed
+        # selector equals the uninterrupted run's. In stage 1 a shape mismatch stays an error.
+        saved_steps = state_dict.get(prefix + "step_count")
+        if saved_steps is not None and int(saved_steps) >= self.stage1_steps():
+            for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
+                saved = state_dict.get(prefix + name)
+                if tensor is not None and saved is not None and saved.shape != tensor.shape:
+                    tensor.data = saved.detach().to(device=tensor.device, dtype=tensor.dtype).clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def stage1_steps(self) -> int:
         """Steps of stage 1: `round(stage1_fraction * total_steps)`, at least 1."""
         return max(1, int(round(self.stage1_fraction * self.total_steps)))
@@ -234,8 +250,15 @@ class SubnetSelector(nn.Module, abc.ABC):
         """Bring the schedule state to the start of `next_step` (called under no_grad)."""
 
     def describe(self, step: int) -> dict:
-        """A few numbers for logging."""
-        return {"step": int(step), "stage": 1 if int(step) < self.stage1_steps() else 2}
+        """A few numbers for logging: the step and stage, and in stage 1 the method's own (`selection_stats`).
+        After stage 1 the selection is frozen into the config: its numbers no longer change, and after a DMAO event
+        they would describe components the reshaped model no longer has."""
+        stage = 1 if int(step) < self.stage1_steps() else 2
+        return {"step": int(step), "stage": stage, **(self.selection_stats() if stage == 1 else {})}
+
+    def selection_stats(self) -> dict:
+        """The method's own numbers for logging in stage 1 (none here)."""
+        return {}
 
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{n}={p:g}" for n, p in self.sizes.items())

@@ -131,12 +131,10 @@ class IterativeZeroOutSelector(SubnetSelector):
     def final_masks(self) -> dict[str, list[int]]:
         return self._masks_from_order(self._ranking(self.scores), "floor")
 
-    def describe(self, step: int) -> dict:
-        out = super().describe(step)
-        out.update(
+    def selection_stats(self) -> dict:
+        return dict(
             iteration=int(self.iteration),
             zeroed=int(self.zeroed.sum()),
             sparsity=float(self.sparsity().detach()),
             target_sparsity=self.target_sparsity(),
         )
-        return out

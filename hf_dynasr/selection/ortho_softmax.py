@@ -174,14 +174,13 @@ class OrthoSoftmaxSelector(SubnetSelector):
     def final_masks(self) -> dict[str, list[int]]:
         return self._masks_from_order(self._hard_order(), "nearest")
 
-    def describe(self, step: int) -> dict:
+    def selection_stats(self) -> dict:
         with torch.no_grad():
             probs = self.probabilities()
             ks = {name: self.prefix_length(probs, p) for name, p in self.sizes.items()}
             used = probs[: max(ks.values())]
             distinct = len(set(used.argmax(dim=1).tolist()))
-            out = super().describe(step)
-            out.update(
+            out = dict(
                 tau=float(self.tau),
                 orth_scale=self.orth_scale(),
                 row_max_prob=float(used.max(dim=1).values.mean()),

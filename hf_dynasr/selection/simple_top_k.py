@@ -156,10 +156,9 @@ class SimpleTopKSelector(SubnetSelector):
     def final_masks(self) -> dict[str, list[int]]:
         return self._masks_from_order(self._ranking(self.scores), "floor")
 
-    def describe(self, step: int) -> dict:
+    def selection_stats(self) -> dict:
         ranking = self._ranking(self.scores)
-        out = super().describe(step)
         scores = self.scores.detach()
-        out.update(k=int(self.k), k_min=self.k_min, score_min=float(scores.min()), score_max=float(scores.max()))
+        out = dict(k=int(self.k), k_min=self.k_min, score_min=float(scores.min()), score_max=float(scores.max()))
         out.update({f"k_{name}": self._k_for(name, ranking) for name in self.sizes})
         return out
