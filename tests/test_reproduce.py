@@ -61,7 +61,11 @@ def test_report_compares_each_size_with_its_baseline(tmp_path):
             "noise, gap 9.5 vs half-ranges (one seed) + 0.5)") in text
     assert "On par with the twins (within the noise or better): no for small." in text
     assert "(best first): ortho_flops_component, stk_module." in text
-    assert "`ortho_flops_component`, ranks 1 of 2 here: the claim holds" in text
+    assert "`ortho_flops_component`, ranks 1 of the 2 headline methods here: the claim holds" in text
+    # paper 2's claim among the ablation's settings at their shared seed: params_module (30.0) beats it here
+    assert ("- Paper 2's ablation, the 2 criterion x granularity settings at seed 0 (mean CER over the sizes, best "
+            "first): `ortho_params_module` 30.0, `ortho_flops_component` ") in text
+    assert "`ortho_params_module` is best, so the claim is not reproduced among them (one seed each" in text
     # DMAO: 33.25 vs 34.5 over seeds 0 and 1 -> -3.6 %; gap 1.25 > half-ranges 0.25 + 0.5: beyond the noise
     assert "DMAO (paper 3), `dmao_full` at seeds [0, 1]: 33.2 % CER" in text and "CER -3.6 %" in text
     assert "-7.0 % relative (paper 3: up to -6 % WER); better beyond the seed noise, gap 1." in text
