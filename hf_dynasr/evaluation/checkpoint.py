@@ -62,8 +62,8 @@ def evaluate_checkpoint(
     `decoder`: also decode with it (e.g. `hf_dynasr.lm.decoding.load_lm_decoder(lm_dir, tokenizer)`) and add
     `lm_wer`, `lm_cer` and `lm` (all scores + examples) per size, and `lm_decoder` (its settings).
     `group_by`: a column of `dataset` (e.g. a synthesized corpus's `engine` or `voice`): also score each of its
-    values apart, `groups: {value: {num_utterances, wer, cer}}` per size; ValueError naming the columns there are
-    when it has no such column."""
+    values apart, `groups: {value: {num_utterances, wer, cer}}` per size; `MissingColumnError` (a ValueError)
+    naming the columns there are when it has no such column."""
     model, processor, path = load_model_and_processor(model_or_dir, processor)
     names = size_names(model, subnets)
     models = {name: size_model(model, name) for name in names}
@@ -137,14 +137,17 @@ def _transcribe(models: dict, processor, batches, decoder):
     return refs, hyps, lm_hyps, seconds
 
 
+class MissingColumnError(ValueError):
+    """`group_by` names a column the dataset does not have (the message lists the ones it has)."""
+
+
 def _column(dataset, column: str) -> list:
     """The values of `column` in `dataset` (a datasets.Dataset or a sequence of row dicts)."""
-    names = getattr(dataset, "column_names", None)
-    if names is None:
-        names = list(dataset[0]) if len(dataset) else []
+    is_table = hasattr(dataset, "column_names")
+    names = dataset.column_names if is_table else (list(dataset[0]) if len(dataset) else [])
     if column not in names:
-        raise ValueError(f"group_by={column!r}: the dataset has no such column; it has {', '.join(names)}")
-    return list(dataset[column]) if hasattr(dataset, "column_names") else [row[column] for row in dataset]
+        raise MissingColumnError(f"group_by={column!r}: the dataset has no such column; it has {', '.join(names)}")
+    return list(dataset[column]) if is_table else [row[column] for row in dataset]
 
 
 def _group_scores(refs: list[str], hyps: list[str], groups: list, normalize: bool) -> dict:

@@ -16,6 +16,7 @@ from hf_dynasr.data import load_speech_dataset
 from hf_dynasr.evaluation import (evaluate_checkpoint, latency_table, plot_pareto, plot_training_curve,
                                   results_markdown, samples_markdown)
 from hf_dynasr.evaluation import reproduction, sets
+from hf_dynasr.evaluation.checkpoint import MissingColumnError
 from hf_dynasr.evaluation.reproduction_matrix import ABLATIONS, DERIVED
 from hf_dynasr.json_io import write_json
 from hf_dynasr.lm import load_lm_decoder
@@ -104,9 +105,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             _write_sets(args, sets.evaluate_sets(evaluate, specs))
         else:
             _write_results(args, evaluate(specs[0]), decoder)
-    except ValueError as err:
-        if not str(err).startswith("group_by="):  # only a --group_by column the data lacks is bad input here
-            raise
+    except MissingColumnError as err:  # a --group_by column the data lacks
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

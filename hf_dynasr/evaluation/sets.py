@@ -52,9 +52,8 @@ def groups_markdown(results: Mapping, metric: str = "cer", title: str = "") -> s
     if not names:
         return ""
     values = list(sizes[names[0]]["groups"])
-    lines = ([f"{title}", ""] if title else []) + [
-             "| group | utterances | " + " | ".join(f"{n} {metric.upper()} %" for n in names) + " |",
-             "|---|---:|" + "---:|" * len(names)]
+    head = "| group | utterances | " + " | ".join(f"{n} {metric.upper()} %" for n in names) + " |"
+    lines = ([title, ""] if title else []) + [head, "|---|---:|" + "---:|" * len(names)]
     for value in values:
         cells = [f"{100 * sizes[n]['groups'][value][metric]:.1f}" for n in names]
         count = sizes[names[0]]["groups"][value]["num_utterances"]
