@@ -131,6 +131,13 @@ def train_in_process(args, callbacks=None):
         AcceleratorState._reset_state(True)
 
 
+def build_data_args(corpus, tmp_path) -> list[str]:
+    """Options for `build_data` tests: the smoke config on `corpus` (train and eval), 3 evaluation utterances."""
+    return ["--config", os.path.join(REPO, "training", "configs", "smoke.yaml"), "--train_data",
+            f"audiofolder:{corpus}", "--eval_data", f"audiofolder:{corpus}", "--output_dir", str(tmp_path / "run"),
+            "--max_eval_utterances", "3"]
+
+
 @contextlib.contextmanager
 def cpu_accelerator():
     """A fresh CPU `Accelerator`, accelerate's process-wide state reset before and after (see `train_in_process`)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import cpu_accelerator, train_and_resume
+from conftest import build_data_args, cpu_accelerator, train_and_resume
 from test_training import SMOKE
 
 from hf_dynasr.data import load_audio, load_speech_dataset, prepare_dataset
@@ -182,8 +182,7 @@ def test_augmented_stream_resumes_at_the_same_audio(smoke_corpus, options):
 def test_training_data_is_augmented_and_evaluation_data_is_not(smoke_corpus, tmp_path):
     """build_data with augmentation: auto picks on_the_fly, the training items differ from the plain ones, the
     evaluation set's features equal the unaugmented preparation bit for bit; precomputed is refused."""
-    common = ["--config", SMOKE, "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data",
-              f"audiofolder:{smoke_corpus}", "--output_dir", str(tmp_path / "run"), "--max_eval_utterances", "3"]
+    common = build_data_args(smoke_corpus, tmp_path)
     augmentation = '{"noise_prob": 1.0, "telephone_prob": 1.0}'
     with cpu_accelerator() as accelerator:
         data = build_data(parse_args([*common, "--augmentation", augmentation, "--data_pipeline", "auto"]),

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import cpu_accelerator, run_train, train_and_resume
+from conftest import build_data_args, cpu_accelerator, run_train, train_and_resume
 from datasets import Audio
 from test_training import DDP_LAUNCHER, SMOKE
 
@@ -102,8 +102,7 @@ def test_copies_need_an_augmentation(train_rows):
 
 
 def test_build_data_picks_precomputed_copies_and_refuses_mismatches(smoke_corpus, tmp_path):
-    common = ["--config", SMOKE, "--train_data", f"audiofolder:{smoke_corpus}", "--eval_data",
-              f"audiofolder:{smoke_corpus}", "--output_dir", str(tmp_path / "run"), "--max_eval_utterances", "3"]
+    common = build_data_args(smoke_corpus, tmp_path)
     telephone = '{"telephone_prob": 0.5}'
     with cpu_accelerator() as accelerator:
         data = build_data(parse_args([*common, "--augmentation", telephone, "--augmentation_copies", "2"]),
